@@ -1,0 +1,397 @@
+"""The sans-IO core of k8s-ws: what to do with a WebSocket handshake, as pure functions.
+
+Nothing here imports mitmproxy or touches the network or the file system. The addon and the
+command line turn their inputs into these plain values and apply the decision themselves.
+Facts cited as "facts §N" are from shared/spec/protocol-facts.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+#: The bearer entry's prefix; case-sensitive, as kube-apiserver matches it (facts §1).
+BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
+
+#: Kubernetes API paths, after an optional Rancher (/k8s/clusters/<id>, /k8s/proxy/<id>) or
+#: Headlamp (/clusters/<name>) prefix.
+K8S_API_PATH = re.compile(r"(?:/k8s/(?:clusters|proxy)/[^/]+|/clusters/[^/]+)?/apis?/")
+
+PROTOCOL_HEADER = "Sec-WebSocket-Protocol"
+
+
+class Auth(enum.Enum):
+    HEADER = "header"
+    SUBPROTOCOL = "subprotocol"
+    BOTH = "both"
+
+
+class ClientAuthorization(enum.Enum):
+    KEEP = "keep"
+    REPLACE = "replace"
+
+
+class OriginAction(enum.Enum):
+    KEEP = "keep"
+    REMOVE = "remove"
+    MATCH_HOST = "match-host"
+
+
+#: The two user_agent values that are actions; any other string is the new User-Agent.
+USER_AGENT_KEEP = "keep"
+USER_AGENT_REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    kind: str  # "env" or "file"
+    ref: str  # the variable's name or the file's path
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.ref}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    hosts: tuple[str, ...]
+    paths: tuple[str, ...] | None = None  # None: every Kubernetes API path
+    auth: Auth = Auth.HEADER
+    authorization: ClientAuthorization = ClientAuthorization.KEEP
+    user_agent: str = USER_AGENT_KEEP
+    origin: OriginAction = OriginAction.KEEP
+    token: TokenSource | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A name the request's destination goes by, and whether it is more than the client's word."""
+
+    name: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What the rules need to know of a request, as plain values."""
+
+    destinations: tuple[Destination, ...]  # names to match the rules' hosts against
+    port: int  # the destination port
+    path: str  # the request path, query excluded
+    headers: tuple[tuple[str, str], ...]  # as received: order, case and repeated lines kept
+    scheme: str  # "https" when the upstream connection is TLS, else "http"
+    host: str  # the Host header as it goes upstream
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Forward the request with these headers."""
+
+    rule: str
+    headers: tuple[tuple[str, str], ...]
+    actions: tuple[str, ...]  # what was done, for the log
+    fingerprint: str | None  # of the token that goes upstream, if any
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer the client ourselves; nothing goes upstream."""
+
+    rule: str
+    status: int
+    reason: str  # never contains a token
+
+    @property
+    def body(self) -> str:
+        return f"k8s_ws: rule '{self.rule}': {self.reason}\n"
+
+
+class TokenError(ValueError):
+    """A bearer entry or token source that does not hold a usable token. Never quotes the token."""
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+def fingerprint(secret: str) -> str:
+    """A short, stable name for a secret that can be logged: sha256 and its first 8 hex digits."""
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def check_token(token: str) -> str:
+    """Return the token if it can go into an Authorization header; raise TokenError if not."""
+    if not token:
+        raise TokenError("the token is empty")
+    if any(unicodedata.category(c) == "Cc" for c in token):
+        raise TokenError("the token contains control characters")
+    return token
+
+
+def decode_token(encoded: str) -> str:
+    """Decode the part of a bearer entry after the prefix. An empty result is no token.
+
+    Lenient where real clients differ (facts §5): the base64url alphabet (Gardener, kubectl) or the
+    standard one (Headlamp, OpenShift: btoa() output, '+' kept), with or without '=' padding.
+    """
+    if not encoded:
+        return ""
+    unpadded = encoded.rstrip("=")
+    if "=" in unpadded or len(encoded) - len(unpadded) > 2:
+        raise TokenError("misplaced '=' padding")
+    if re.search(r"[-_]", unpadded) and re.search(r"[+/]", unpadded):
+        raise TokenError("mixes the base64url and standard base64 alphabets")
+    if len(unpadded) % 4 == 1:
+        raise TokenError("truncated base64")
+    standard = unpadded.translate(str.maketrans("-_", "+/"))
+    try:
+        raw = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except binascii.Error as e:
+        raise TokenError("not base64") from e
+    try:
+        token = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenError("the decoded token is not UTF-8") from None
+    return check_token(token)
+
+
+def encode_token(token: str) -> str:
+    """The bearer entry for a token, as kube-apiserver expects it: base64url without padding."""
+    return BEARER_PREFIX + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+# --- headers ----------------------------------------------------------------------------------
+
+
+def header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
+    name = name.lower()
+    return [value for key, value in headers if key.lower() == name]
+
+
+def header_tokens(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
+    """The comma-separated elements of every line of a header, trimmed, empty ones dropped."""
+    return [
+        element.strip(" \t")
+        for line in header_values(headers, name)
+        for element in line.split(",")
+        if element.strip(" \t")
+    ]
+
+
+def set_header(
+    headers: tuple[tuple[str, str], ...], name: str, values: list[str]
+) -> tuple[tuple[str, str], ...]:
+    """Replace every line of a header with `values` (none: remove it).
+
+    The first lines keep their place and spelling; extra values go at the end.
+    """
+    remaining = list(values)
+    result = []
+    for key, value in headers:
+        if key.lower() != name.lower():
+            result.append((key, value))
+        elif remaining:
+            result.append((key, remaining.pop(0)))
+    result.extend((name, value) for value in remaining)
+    return tuple(result)
+
+
+def is_websocket_upgrade(headers: tuple[tuple[str, str], ...]) -> bool:
+    return any(t.lower() == "websocket" for t in header_tokens(headers, "Upgrade"))
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+_HOST_WITH_PORT = re.compile(r"(.+):(\d+)")
+
+
+def host_glob_matches(glob: str, name: str, port: int) -> bool:
+    """Shell-style, case-insensitive; against "host:port" when the glob names a port."""
+    if _HOST_WITH_PORT.fullmatch(glob):
+        return fnmatchcase(f"{name}:{port}".lower(), glob.lower())
+    return fnmatchcase(name.lower(), glob.lower())
+
+
+def is_k8s_api_path(path: str) -> bool:
+    return K8S_API_PATH.match(path) is not None
+
+
+def rule_matches_path(rule: Rule, path: str) -> bool:
+    if rule.paths is None:
+        return is_k8s_api_path(path)
+    return any(fnmatchcase(path, glob) for glob in rule.paths)
+
+
+def rule_matches_host(rule: Rule, request: Handshake) -> bool:
+    # A stored token goes only where the rule names: never on a name that only the client asserts.
+    names = [d.name for d in request.destinations if d.verified or rule.token is None]
+    return any(host_glob_matches(g, n, request.port) for g in rule.hosts for n in names)
+
+
+def match_rule(rules: tuple[Rule, ...], request: Handshake) -> Rule | None:
+    """The first rule that applies to a request, or None. Only WebSocket upgrades ever match."""
+    if not is_websocket_upgrade(request.headers):
+        return None
+    for rule in rules:
+        if rule_matches_path(rule, request.path) and rule_matches_host(rule, request):
+            return rule
+    return None
+
+
+def decide(
+    rules: tuple[Rule, ...],
+    stored_tokens: dict[str, str | TokenError],
+    request: Handshake,
+) -> Forward | Refuse | None:
+    """What to do with a request: None when no rule applies (forward it untouched).
+
+    `stored_tokens` maps a rule's name to the token its `token:` source gave when the rules were
+    loaded, or to the error that reading it raised.
+    """
+    rule = match_rule(rules, request)
+    if rule is None:
+        return None
+    try:
+        return _rewrite(rule, stored_tokens.get(rule.name), request)
+    except _Refusal as refusal:
+        return Refuse(rule.name, refusal.status, refusal.reason)
+
+
+def _rewrite(rule: Rule, stored: str | TokenError | None, request: Handshake) -> Forward:
+    headers = request.headers
+    protocols = header_tokens(headers, PROTOCOL_HEADER)
+    others = [p for p in protocols if not p.startswith(BEARER_PREFIX)]
+    entries = [p for p in protocols if p.startswith(BEARER_PREFIX)]
+    offered = []
+    for position, entry in enumerate(entries, 1):
+        try:
+            token = decode_token(entry[len(BEARER_PREFIX) :])
+        except TokenError as e:
+            raise _Refusal(400, f"bearer entry {position} in {PROTOCOL_HEADER} does not decode: {e}")
+        if token:  # an entry with an empty token counts as no token (facts §1)
+            offered.append(token)
+    if len(offered) > 1:
+        raise _Refusal(400, f"{len(offered)} bearer entries in {PROTOCOL_HEADER}; at most one is allowed")
+    if entries and not others and rule.auth is Auth.HEADER:
+        raise _Refusal(
+            400,
+            f"no other protocol left in {PROTOCOL_HEADER} once the bearer entry is removed "
+            "(the server must have one to answer with)",
+        )
+
+    token = offered[0] if offered else None
+    client_authorization = header_values(headers, "Authorization")
+    actions = []
+    injected = None
+    if token is None and not client_authorization and rule.token is not None:
+        if not isinstance(stored, str):
+            raise _Refusal(500, f"the token source ({rule.token}) cannot be read: {stored}")
+        injected = stored
+
+    if rule.auth is Auth.SUBPROTOCOL:
+        if injected is not None:
+            headers = set_header(headers, PROTOCOL_HEADER, [", ".join([*others, encode_token(injected)])])
+            actions.append("token injected as bearer entry")
+        elif token is not None and client_authorization and rule.authorization is ClientAuthorization.REPLACE:
+            headers = set_header(headers, "Authorization", [])
+            actions.append("client Authorization removed, bearer entry kept")
+        elif token is not None:
+            actions.append("token kept in subprotocol")
+    else:
+        if rule.auth is Auth.HEADER and entries:
+            headers = set_header(headers, PROTOCOL_HEADER, [", ".join(others)])
+        if injected is not None:
+            headers = set_header(headers, "Authorization", [f"Bearer {injected}"])
+            actions.append("token injected as Authorization")
+        elif token is not None and client_authorization and rule.authorization is ClientAuthorization.KEEP:
+            actions.append("client Authorization kept")
+        elif token is not None:
+            headers = set_header(headers, "Authorization", [f"Bearer {token}"])
+            actions.append(
+                "token replaced client Authorization" if client_authorization else "token moved to Authorization"
+            )
+        if entries:
+            actions.append("bearer entry removed" if rule.auth is Auth.HEADER else "bearer entry kept")
+
+    headers = _rewrite_user_agent(rule, headers, actions)
+    headers = _rewrite_origin(rule, request, headers, actions)
+    used = injected if injected is not None else token
+    return Forward(
+        rule=rule.name,
+        headers=headers,
+        actions=tuple(actions) or ("nothing to change",),
+        fingerprint=fingerprint(used) if used is not None else None,
+    )
+
+
+def _rewrite_user_agent(rule: Rule, headers, actions: list[str]):
+    agents = header_values(headers, "User-Agent")
+    if rule.user_agent == USER_AGENT_KEEP:
+        return headers
+    if rule.user_agent == USER_AGENT_REMOVE:
+        if agents:
+            actions.append("User-Agent removed")
+        return set_header(headers, "User-Agent", [])
+    if agents != [rule.user_agent]:
+        actions.append("User-Agent replaced")
+    return set_header(headers, "User-Agent", [rule.user_agent])
+
+
+def _rewrite_origin(rule: Rule, request: Handshake, headers, actions: list[str]):
+    origins = header_values(headers, "Origin")
+    if not origins or rule.origin is OriginAction.KEEP:
+        return headers
+    if rule.origin is OriginAction.REMOVE:
+        actions.append("Origin removed")
+        return set_header(headers, "Origin", [])
+    matching = f"{request.scheme}://{request.host}"
+    if origins != [matching]:
+        actions.append("Origin set to match Host")
+    return set_header(headers, "Origin", [matching])
+
+
+# --- redaction --------------------------------------------------------------------------------
+
+
+def _redacted(secret: str) -> str:
+    return f"<redacted {fingerprint(secret)}>"
+
+
+def redact_header_value(name: str, value: str) -> str:
+    """The value of one header line with every credential replaced by its fingerprint."""
+    lowered = name.lower()
+    if lowered in ("authorization", "proxy-authorization"):
+        scheme, sep, credentials = value.strip().partition(" ")
+        if not sep:  # no scheme: the whole value is the secret
+            return _redacted(value)
+        return f"{scheme} {_redacted(credentials.strip())}"
+    if lowered == PROTOCOL_HEADER.lower() and BEARER_PREFIX in value:
+        return ",".join(_redact_protocol_element(element) for element in value.split(","))
+    return value
+
+
+def _redact_protocol_element(element: str) -> str:
+    stripped = element.strip(" \t")
+    if not stripped.startswith(BEARER_PREFIX):
+        return element
+    encoded = stripped[len(BEARER_PREFIX) :]
+    if not encoded:
+        return element
+    try:
+        secret = decode_token(encoded)
+    except TokenError:
+        secret = encoded  # still a secret, only malformed
+    return element.replace(stripped, BEARER_PREFIX + _redacted(secret))
