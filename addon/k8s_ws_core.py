@@ -366,8 +366,12 @@ def _rewrite_origin(rule: Rule, request: Handshake, headers, actions: list[str])
 # --- redaction --------------------------------------------------------------------------------
 
 
+_REDACTED = re.compile(r"<redacted sha256:[0-9a-f]{8}>")
+
+
 def _redacted(secret: str) -> str:
-    return f"<redacted {fingerprint(secret)}>"
+    # Idempotent, so that a flow can be redacted again (or loaded from a file) without harm.
+    return secret if _REDACTED.fullmatch(secret) else f"<redacted {fingerprint(secret)}>"
 
 
 def redact_header_value(name: str, value: str) -> str:
@@ -375,7 +379,7 @@ def redact_header_value(name: str, value: str) -> str:
     lowered = name.lower()
     if lowered in ("authorization", "proxy-authorization"):
         scheme, sep, credentials = value.strip().partition(" ")
-        if not sep:  # no scheme: the whole value is the secret
+        if not sep or _REDACTED.fullmatch(value.strip()):  # no scheme: the whole value is the secret
             return _redacted(value)
         return f"{scheme} {_redacted(credentials.strip())}"
     if lowered == PROTOCOL_HEADER.lower() and BEARER_PREFIX in value:

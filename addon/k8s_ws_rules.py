@@ -134,7 +134,7 @@ class _Parser:
         return node.value
 
     def string_list(self, node: yaml.Node, what: str, check) -> tuple[str, ...]:
-        if isinstance(node, yaml.ScalarNode):
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str":
             items = [node]  # a single glob is taken as a list of one
         elif isinstance(node, yaml.SequenceNode) and node.value:
             items = node.value

@@ -408,3 +408,4 @@ def test_lone_entry_is_fine_when_entry_is_kept():
 )
 def test_redact_header_value(name, value, expected):
     assert core.redact_header_value(name, value) == expected
+    assert core.redact_header_value(name, expected) == expected  # idempotent

@@ -1,0 +1,119 @@
+"""Real mitmdump processes for the end-to-end tests.
+
+Each runs with its own confdir (so its own CA), on an ephemeral port of 127.0.0.1, and is ready
+when tests/mitmdump_ready.py has written its listen address in the `running` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addon" / "k8s_ws.py"
+READY_SCRIPT = ROOT / "tests" / "mitmdump_ready.py"
+
+
+class Mitmdump:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        mode: str = "regular",
+        rules: str | os.PathLike | None = None,
+        upstream_ca: str | None = None,
+        options: dict[str, object] | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        addon: bool = True,
+    ):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.confdir = self.workdir / "confdir"
+        self.ready_file = self.workdir / "ready.json"
+        self.log_file = self.workdir / "mitmdump.log"
+        command = [
+            sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
+            "--mode", mode,
+            "--listen-host", "127.0.0.1", "--listen-port", "0",
+            "--set", f"confdir={self.confdir}",
+            "--set", "termlog_verbosity=debug",
+        ]  # fmt: skip
+        if addon:
+            command += ["-s", str(ADDON)]
+        command += ["-s", str(READY_SCRIPT), "--set", f"test_ready_file={self.ready_file}"]
+        if rules is not None:
+            command += ["--set", f"k8s_ws_rules={rules}"]
+        if upstream_ca is not None:
+            command += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
+        for name, value in (options or {}).items():
+            command += ["--set", f"{name}={str(value).lower() if isinstance(value, bool) else value}"]
+        self.command = command + list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @property
+    def ca_cert(self) -> Path:
+        """mitmproxy's CA certificate, for clients that go through it in regular mode."""
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "Mitmdump":
+        self.ready_file.unlink(missing_ok=True)
+        log = open(self.log_file, "wb")
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.process.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mitmdump not ready after {timeout} s:\n{self.output()}")
+            time.sleep(0.05)
+        self.port = json.loads(self.ready_file.read_text())[0][1]
+        return self
+
+    def run_to_exit(self, timeout: float = 20.0) -> int:
+        """For a mitmdump expected to stop by itself (e.g. on a broken rules file)."""
+        with open(self.log_file, "wb") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
+            return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def wait_for_output(self, text: str, timeout: float = 5.0, start: int = 0) -> str:
+        """Wait until `text` appears in the output after offset `start`; return the output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.output()
+            if text in out[start:]:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in mitmdump's output within {timeout} s:\n{out[start:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "Mitmdump":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

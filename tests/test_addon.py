@@ -1,0 +1,335 @@
+"""The addon against mitmproxy's own test doubles (taddons, tflow): the thin layer's duties."""
+
+import asyncio
+import base64
+import logging
+
+import pytest
+from mitmproxy import exceptions, hooks, http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow
+
+import k8s_ws_addon
+import k8s_ws_core
+from k8s_ws_addon import K8sWs
+from k8s_ws_core import BEARER_PREFIX, fingerprint
+
+TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
+ENTRY = BEARER_PREFIX + base64.b64encode(TOKEN.encode()).decode().rstrip("=")
+EXEC = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec?command=sh&stdout=1"
+BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/156.0.8078.108 Safari/537.36"
+RULES = """\
+rules:
+  - name: rancher
+    hosts: ["rancher.test"]
+    paths: ["/k8s/clusters/*"]
+    origin: match-host
+  - name: stored
+    hosts: ["kube.test", "10.0.0.9"]
+    token: {env: K8S_WS_TEST_TOKEN}
+  - name: broken-source
+    hosts: ["broken.test"]
+    token: {file: /nonexistent/token}
+"""
+
+
+@pytest.fixture
+def rules_file(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    return path
+
+
+@pytest.fixture
+def addon(rules_file, monkeypatch):
+    monkeypatch.setenv("K8S_WS_TEST_TOKEN", "stored-secret")
+    addon = K8sWs()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, k8s_ws_rules=str(rules_file))
+        yield addon
+
+
+def upgrade(host="rancher.test", path=EXEC, headers=(), scheme="https", port=443, mode="regular"):
+    request = http.Request.make(
+        "GET",
+        f"{scheme}://{host}:{port}{path}",
+        headers=[
+            (b"Host", host.encode()),
+            (b"Connection", b"Upgrade"),
+            (b"Upgrade", b"websocket"),
+            *((k.encode(), v.encode()) for k, v in headers),
+        ],
+    )
+    flow = tflow.tflow(req=request)
+    flow.client_conn.proxy_mode = ProxyMode.parse(mode)
+    return flow
+
+
+def headlamp_exec(**kwargs):
+    return upgrade(
+        headers=[
+            ("User-Agent", BROWSER_UA),
+            ("Origin", "http://127.0.0.1:4466"),
+            ("Sec-WebSocket-Protocol", f"base64.binary.k8s.io, v4.channel.k8s.io, channel.k8s.io, {ENTRY}"),
+        ],
+        **kwargs,
+    )
+
+
+def send(addon, flow):
+    """The hooks mitmproxy runs up to writing the request upstream, in chain order."""
+    addon.requestheaders(flow)
+    addon.request(flow)
+    asyncio.run(addon._reveal.request(flow))
+
+
+def answer(addon, flow, status=101, headers=()):
+    flow.response = http.Response.make(status, b"", [(k.encode(), v.encode()) for k, v in headers])
+    addon.responseheaders(flow)
+
+
+def test_shipped_rules_load():
+    addon = K8sWs()
+    with taddons.context(addon) as tctx:
+        # as mitmproxy does when it loads a script: configure with every option
+        tctx.master.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(tctx.options.keys())))
+        assert [r.name for r in addon.ruleset.rules] == ["rancher"]
+
+
+def test_broken_rules_raise_options_error_with_position(rules_file, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rules:\n  - name: x\n    hosts: [a]\n    origin: sometimes\n")
+    addon = K8sWs()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, k8s_ws_rules=str(rules_file))
+        with pytest.raises(exceptions.OptionsError, match=rf"{broken}:4:13: rule 'x': origin: unknown value"):
+            tctx.configure(addon, k8s_ws_rules=str(broken))
+    assert addon.ruleset.path == str(rules_file)  # assigned only on success
+
+
+def test_headlamp_exec_is_rewritten_for_upstream_and_redacted_in_the_flow(addon):
+    flow = headlamp_exec()
+    addon.requestheaders(flow)
+    # What mitmproxy shows and saves from now on:
+    assert flow.request.headers["Authorization"] == f"Bearer <redacted {fingerprint(TOKEN)}>"
+    assert TOKEN not in str(flow.request.headers) and ENTRY not in str(flow.request.headers)
+    assert flow.metadata["k8s_ws"]["rule"] == "rancher"
+    # What goes upstream, once every other addon has seen the request:
+    addon.request(flow)
+    asyncio.run(addon._reveal.request(flow))
+    assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert flow.request.headers["Sec-WebSocket-Protocol"] == "base64.binary.k8s.io, v4.channel.k8s.io, channel.k8s.io"
+    assert flow.request.headers["Origin"] == "https://rancher.test"
+    assert flow.request.headers["User-Agent"] == BROWSER_UA
+    answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
+    assert flow.request.headers["Authorization"] == f"Bearer <redacted {fingerprint(TOKEN)}>"
+
+
+def test_show_tokens_keeps_the_real_values_in_the_flow(addon):
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, k8s_ws_show_tokens=True)
+        flow = headlamp_exec()
+        addon.requestheaders(flow)
+        assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "flow_factory",
+    [
+        # an upgrade no rule matches (a plain kube-apiserver): the entry passes as sent
+        lambda: upgrade(host="other.test", headers=[("Sec-WebSocket-Protocol", f"x,{ENTRY}")]),
+        # kubectl's plain request: Authorization passes as sent
+        lambda: tflow.tflow(req=http.Request.make("GET", "https://rancher.test/api", headers={"Authorization": "Bearer kc-token"})),
+    ],
+)
+def test_untouched_requests_go_upstream_byte_for_byte_but_are_shown_redacted(addon, flow_factory):
+    flow = flow_factory()
+    flow.request.headers.fields += ((b"X-Not-UTF-8", b"\xff\xfe"),)
+    original = flow.request.headers.fields
+    addon.requestheaders(flow)
+    assert flow.request.headers.fields != original
+    assert b"<redacted sha256:" in b"".join(v for _, v in flow.request.headers.fields)
+    addon.request(flow)
+    asyncio.run(addon._reveal.request(flow))
+    assert flow.request.headers.fields == original
+    assert "k8s_ws" not in flow.metadata
+
+
+def test_refusal_answers_400_and_forwards_nothing(addon):
+    flow = upgrade(headers=[("Sec-WebSocket-Protocol", f"a, {ENTRY}"), ("Sec-WebSocket-Protocol", f"{BEARER_PREFIX}b3RoZXI")])
+    send(addon, flow)
+    assert flow.response.status_code == 400
+    assert flow.response.headers["Content-Type"] == "text/plain"
+    body = flow.response.get_text()
+    assert body.startswith("k8s_ws: rule 'rancher': ") and body.count("\n") == 1
+    assert "bearer entries" in body and TOKEN not in body
+    # mitmproxy sends flow.response instead of contacting the upstream; and the flow stays redacted
+    assert ENTRY not in str(flow.request.headers)
+
+
+def test_unreadable_token_source_answers_500(addon):
+    flow = upgrade(host="broken.test", path="/api/v1/pods?watch=1", headers=[("Sec-WebSocket-Protocol", "a")])
+    send(addon, flow)
+    assert flow.response.status_code == 500
+    assert flow.response.get_text().startswith("k8s_ws: rule 'broken-source': the token source (file /nonexistent/token)")
+
+
+def test_stored_token_is_injected_for_a_proxy_chosen_destination(addon):
+    flow = upgrade(host="kube.test", path="/api/v1/pods?watch=1", headers=[("Sec-WebSocket-Protocol", "a")])
+    send(addon, flow)
+    assert flow.request.headers["Authorization"] == "Bearer stored-secret"
+
+
+@pytest.mark.parametrize(
+    "address, sni, ssl_insecure, injected",
+    [
+        ("10.0.0.9", None, False, True),  # the original destination address names the rule's host
+        ("10.0.0.1", "kube.test", False, True),  # SNI, and mitmproxy verifies the upstream for it
+        ("10.0.0.1", "kube.test", True, False),  # SNI without verification is the client's word
+        ("10.0.0.1", None, False, False),  # only the Host header says kube.test
+    ],
+)
+def test_transparent_mode_injects_only_on_a_real_destination(addon, address, sni, ssl_insecure, injected):
+    flow = upgrade(host=address, path="/api/v1/pods?watch=1", headers=[("Sec-WebSocket-Protocol", "a")], mode="transparent")
+    flow.request.host_header = "kube.test"
+    flow.client_conn.sni = sni
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, ssl_insecure=ssl_insecure)
+        send(addon, flow)
+    assert ("stored-secret" in flow.request.headers.get("Authorization", "")) is injected
+
+
+def test_transparent_mode_host_header_still_selects_a_rule_without_token(addon):
+    flow = headlamp_exec(host="10.0.0.1", mode="transparent")
+    flow.request.host_header = "rancher.test"
+    send(addon, flow)
+    assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_reverse_mode_origin_matches_the_host_sent_upstream(addon):
+    flow = headlamp_exec(mode="reverse:https://rancher.test")
+    flow.request.host_header = "rancher.test:8443"  # as mitmproxy rewrote it for the upstream
+    send(addon, flow)
+    assert flow.request.headers["Origin"] == "https://rancher.test:8443"
+
+
+def test_an_exception_answers_500_and_forwards_nothing(addon, monkeypatch, caplog):
+    def explode(*args):
+        raise ValueError(f"bad value {TOKEN}")
+
+    monkeypatch.setattr(k8s_ws_core, "decide", explode)
+    flow = headlamp_exec()
+    with caplog.at_level(logging.DEBUG):
+        send(addon, flow)
+    assert flow.response.status_code == 500
+    assert flow.response.get_text().startswith("k8s_ws: internal error (ValueError)")
+    assert TOKEN not in caplog.text and TOKEN not in str(flow.request.headers)
+
+
+def test_an_exception_while_revealing_answers_500(addon, monkeypatch):
+    flow = headlamp_exec()
+    addon.requestheaders(flow)
+    monkeypatch.setattr(addon.secrets, "reveal", lambda f: 1 / 0)
+    asyncio.run(addon._reveal.request(flow))
+    assert flow.response.status_code == 500
+    assert TOKEN not in str(flow.request.headers)
+
+
+def test_streamed_request_is_revealed_when_its_headers_go_out(addon):
+    flow = tflow.tflow(req=http.Request.make("POST", "https://rancher.test/api", b"", {"Authorization": "Bearer kc-token"}))
+    addon.requestheaders(flow)
+    flow.request.stream = True
+    addon._reveal.requestheaders(flow)
+    assert flow.request.headers["Authorization"] == "Bearer kc-token"
+    addon.request(flow)  # after the body: the headers are long gone
+    assert flow.request.headers["Authorization"] != "Bearer kc-token"
+
+
+def test_intercepted_flow_stays_redacted_until_resumed(addon):
+    async def scenario():
+        flow = headlamp_exec()
+        addon.requestheaders(flow)
+        flow.intercept()
+        revealing = asyncio.ensure_future(addon._reveal.request(flow))
+        await asyncio.sleep(0.01)
+        assert not revealing.done() and TOKEN not in str(flow.request.headers)
+        flow.resume()
+        await revealing
+        assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+    with taddons.context(addon):
+        asyncio.run(scenario())
+
+
+def test_error_hides_for_good(addon):
+    flow = headlamp_exec()
+    send(addon, flow)
+    flow.error = tflow.terr()
+    addon.error(flow)
+    assert TOKEN not in str(flow.request.headers)
+    asyncio.run(addon._reveal.request(flow))  # nothing left to reveal
+    assert TOKEN not in str(flow.request.headers)
+
+
+def test_info_line_has_fingerprint_and_no_token(addon, caplog):
+    flow = headlamp_exec()
+    with caplog.at_level(logging.INFO, logger="k8s_ws"):
+        send(addon, flow)
+        answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
+    (line,) = [r.getMessage() for r in caplog.records if "rule 'rancher'" in r.getMessage()]
+    assert f"token {fingerprint(TOKEN)}" in line
+    assert "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec:" in line and "command=sh" not in line
+    assert "upstream 101, protocol v4.channel.k8s.io" in line
+    assert TOKEN not in caplog.text
+
+
+def test_rules_change_is_picked_up_and_a_broken_edit_keeps_the_last_good(addon, rules_file, caplog, monkeypatch):
+    monkeypatch.setattr(k8s_ws_addon, "RELOAD_POLL_SECONDS", 0.05)
+
+    async def wait_for(predicate):
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if predicate():
+                return
+        raise AssertionError("not within 2 s")
+
+    async def scenario():
+        addon.running()
+        try:
+            rules_file.write_text(RULES.replace("rancher.test", "new.test") + "\n")
+            await wait_for(lambda: addon.ruleset.rules[0].hosts == ("new.test",))
+            rules_file.write_text("rules: [\n")
+            await wait_for(lambda: "keeping the last good rules" in caplog.text)
+            assert addon.ruleset.rules[0].hosts == ("new.test",)
+        finally:
+            addon.done()
+
+    with caplog.at_level(logging.INFO), taddons.context(addon):
+        asyncio.run(scenario())
+    assert f"{rules_file}:2:1: YAML:" in caplog.text
+
+
+def test_token_file_change_is_picked_up(tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f'rules:\n  - name: t\n    hosts: ["*"]\n    token: {{file: "{token_file}"}}\n')
+    monkeypatch.setattr(k8s_ws_addon, "RELOAD_POLL_SECONDS", 0.05)
+    addon = K8sWs()
+
+    async def scenario():
+        addon.running()
+        try:
+            token_file.write_text("second, longer\n")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if addon.ruleset.tokens["t"] == "second, longer":
+                    return
+            raise AssertionError("token file change not picked up")
+        finally:
+            addon.done()
+
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, k8s_ws_rules=str(rules))
+        assert addon.ruleset.tokens["t"] == "first"
+        asyncio.run(scenario())
