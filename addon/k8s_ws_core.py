@@ -215,12 +215,14 @@ def is_websocket_upgrade(headers: tuple[tuple[str, str], ...]) -> bool:
 # --- rules ------------------------------------------------------------------------------------
 
 
-_HOST_WITH_PORT = re.compile(r"(.+):(\d+)")
+#: A host glob: a host name with glob characters, and an optional port (itself a glob).
+HOST_GLOB = re.compile(r"[A-Za-z0-9.*?!\[\]_-]+(?P<port>:[0-9*?!\[\]-]+)?")
 
 
 def host_glob_matches(glob: str, name: str, port: int) -> bool:
     """Shell-style, case-insensitive; against "host:port" when the glob names a port."""
-    if _HOST_WITH_PORT.fullmatch(glob):
+    shape = HOST_GLOB.fullmatch(glob)
+    if shape and shape["port"]:
         return fnmatchcase(f"{name}:{port}".lower(), glob.lower())
     return fnmatchcase(name.lower(), glob.lower())
 

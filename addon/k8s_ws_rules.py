@@ -6,7 +6,6 @@ Pure apart from reading the rules file and the token sources it names; no mitmpr
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from k8s_ws_core import (
+    HOST_GLOB,
     Auth,
     ClientAuthorization,
     OriginAction,
@@ -24,7 +24,6 @@ from k8s_ws_core import (
 )
 
 RULE_KEYS = ("name", "hosts", "paths", "auth", "authorization", "user_agent", "origin", "token")
-_HOST_GLOB = re.compile(r"[A-Za-z0-9.*?!\[\]_-]+(:\d+)?")
 
 
 def default_rules_path() -> Path:
@@ -248,7 +247,7 @@ def _brackets_problem(glob: str) -> str | None:
 
 
 def _host_glob_problem(glob: str) -> str | None:
-    if not _HOST_GLOB.fullmatch(glob):
+    if not HOST_GLOB.fullmatch(glob):
         return "a host glob is a host name with *, ? or [...], and an optional :port"
     return _brackets_problem(glob)
 

@@ -140,6 +140,8 @@ def test_k8s_api_paths(path, api):
         ("*.rancher.internal:8443", "a.rancher.internal", 443, False),
         ("*", "anything", 1, True),
         ("host:443", "host", 443, True),
+        ("host:*", "host", 8443, True),
+        ("host:8*", "host", 443, False),
         ("host", "host", 8443, True),
         ("host", "other", 443, False),
     ],
