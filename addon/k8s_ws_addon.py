@@ -93,16 +93,25 @@ class _RevealBeforeSend:
 
     def __init__(self, owner: K8sWs) -> None:
         self.owner = owner
+        self._due: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # A streamed request body means mitmproxy sends the headers right after this hook.
         if flow.request.stream:
-            self._reveal(flow)
+            self._due.add(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         # An intercepted flow is sent once resumed: keep it redacted while a user looks at it.
         await flow.wait_for_resume()
-        self._reveal(flow)
+        self._due.add(flow)
+
+    def update(self, flows) -> None:
+        # mitmproxy follows every flow hook with `update` (mitmweb broadcasts the flow then):
+        # the end of this chain is the last code that runs before the request is written.
+        for flow in flows:
+            if flow in self._due:
+                self._due.discard(flow)
+                self._reveal(flow)
 
     def _reveal(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:

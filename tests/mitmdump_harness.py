@@ -20,6 +20,8 @@ READY_SCRIPT = ROOT / "tests" / "mitmdump_ready.py"
 
 
 class Mitmdump:
+    """A mitmdump (or, with program="mitmweb", a mitmweb) process."""
+
     def __init__(
         self,
         workdir: Path,
@@ -31,6 +33,7 @@ class Mitmdump:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         addon: bool = True,
+        program: str = "mitmdump",
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +41,7 @@ class Mitmdump:
         self.ready_file = self.workdir / "ready.json"
         self.log_file = self.workdir / "mitmdump.log"
         command = [
-            sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
+            sys.executable, "-c", f"from mitmproxy.tools.main import {program}; {program}()",
             "--mode", mode,
             "--listen-host", "127.0.0.1", "--listen-port", "0",
             "--set", f"confdir={self.confdir}",

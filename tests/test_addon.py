@@ -76,11 +76,17 @@ def headlamp_exec(**kwargs):
     )
 
 
+def reveal(addon, flow):
+    """The tail addon's part: its `request` hook, then the `update` that follows it."""
+    asyncio.run(addon._reveal.request(flow))
+    addon._reveal.update([flow])
+
+
 def send(addon, flow):
     """The hooks mitmproxy runs up to writing the request upstream, in chain order."""
     addon.requestheaders(flow)
     addon.request(flow)
-    asyncio.run(addon._reveal.request(flow))
+    reveal(addon, flow)
 
 
 def answer(addon, flow, status=101, headers=()):
@@ -117,6 +123,8 @@ def test_headlamp_exec_is_rewritten_for_upstream_and_redacted_in_the_flow(addon)
     # What goes upstream, once every other addon has seen the request:
     addon.request(flow)
     asyncio.run(addon._reveal.request(flow))
+    assert TOKEN not in str(flow.request.headers)  # mitmweb broadcasts the flow in `update`...
+    addon._reveal.update([flow])  # ... and the tail addon's is the last
     assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert flow.request.headers["Sec-WebSocket-Protocol"] == "base64.binary.k8s.io, v4.channel.k8s.io, channel.k8s.io"
     assert flow.request.headers["Origin"] == "https://rancher.test"
@@ -150,7 +158,7 @@ def test_untouched_requests_go_upstream_byte_for_byte_but_are_shown_redacted(add
     assert flow.request.headers.fields != original
     assert b"<redacted sha256:" in b"".join(v for _, v in flow.request.headers.fields)
     addon.request(flow)
-    asyncio.run(addon._reveal.request(flow))
+    reveal(addon, flow)
     assert flow.request.headers.fields == original
     assert "k8s_ws" not in flow.metadata
 
@@ -230,7 +238,7 @@ def test_an_exception_while_revealing_answers_500(addon, monkeypatch):
     flow = headlamp_exec()
     addon.requestheaders(flow)
     monkeypatch.setattr(addon.secrets, "reveal", lambda f: 1 / 0)
-    asyncio.run(addon._reveal.request(flow))
+    reveal(addon, flow)
     assert flow.response.status_code == 500
     assert TOKEN not in str(flow.request.headers)
 
@@ -240,6 +248,7 @@ def test_streamed_request_is_revealed_when_its_headers_go_out(addon):
     addon.requestheaders(flow)
     flow.request.stream = True
     addon._reveal.requestheaders(flow)
+    addon._reveal.update([flow])
     assert flow.request.headers["Authorization"] == "Bearer kc-token"
     addon.request(flow)  # after the body: the headers are long gone
     assert flow.request.headers["Authorization"] != "Bearer kc-token"
@@ -255,6 +264,7 @@ def test_intercepted_flow_stays_redacted_until_resumed(addon):
         assert not revealing.done() and TOKEN not in str(flow.request.headers)
         flow.resume()
         await revealing
+        addon._reveal.update([flow])
         assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
 
     with taddons.context(addon):
@@ -267,7 +277,7 @@ def test_error_hides_for_good(addon):
     flow.error = tflow.terr()
     addon.error(flow)
     assert TOKEN not in str(flow.request.headers)
-    asyncio.run(addon._reveal.request(flow))  # nothing left to reveal
+    reveal(addon, flow)  # nothing left to reveal
     assert TOKEN not in str(flow.request.headers)
 
 
