@@ -419,6 +419,15 @@ def test_no_token_in_output_at_flow_detail_4_nor_in_a_flow_file(tmp_path, ranche
         assert secret.encode() not in saved
     assert b"Bearer <redacted sha256:" in saved and "<redacted sha256:" in output
 
+def test_show_tokens_puts_them_back_in_the_output(tmp_path, rancher, pki):
+    # The other side of the two tests above: the option works, and those tests can see a token.
+    options = {"flow_detail": 2, "k8s_ws_show_tokens": True}
+    with Mitmdump(tmp_path, mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert, options=options) as proxy:
+        outcome = open_ws(f"ws://127.0.0.1:{proxy.port}{exec_path(namespace='shown')}", ["v4.channel.k8s.io", headlamp_entry(TOKEN)])
+        assert outcome.status == 101
+        proxy.wait_for_output("Bearer " + TOKEN)
+
+
 # --- the rules file at start and while running ----------------------------------------------------
 
 def test_broken_rules_file_stops_mitmdump_at_start(tmp_path):
