@@ -41,9 +41,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fake_rancher import (DASH_UNDERSCORE_TOKEN, HEALTHY, KUBECONFIG_TOKEN, LOCAL, PLUS_TOKEN, TOKEN,
-                          FakeServer, make_test_pki)
-from mitmdump_harness import ROOT, Mitmdump
+from fake_rancher import DASH_UNDERSCORE_TOKEN, HEALTHY, KUBECONFIG_TOKEN, LOCAL, PLUS_TOKEN, TOKEN
+from mitmdump_harness import ROOT
 
 VECTORS = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())
 CHROMIUM_VECTOR = VECTORS["chromium-156-headlamp-exec"]
@@ -213,25 +212,6 @@ def chromium():
         pytest.skip("chromium-headless-shell not found on PATH: install Debian's chromium-headless-shell "
                     "(.ci/run does) to run the browser tests")
     return path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def rancher(pki):
-    server = FakeServer(rancher=True, pki=pki).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def reverse(tmp_path_factory, rancher, pki):
-    """mitmdump in reverse mode in front of Rancher (TLS, verified), with the shipped rules.yaml."""
-    with Mitmdump(tmp_path_factory.mktemp("reverse"), mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert) as proxy:
-        yield proxy
 
 
 @pytest.fixture(scope="module")

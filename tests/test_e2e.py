@@ -14,7 +14,6 @@ import socket
 import urllib.request
 import ssl
 import time
-from pathlib import Path
 
 import pytest
 import websockets
@@ -22,7 +21,7 @@ import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from fake_rancher import HEALTHY, KUBECONFIG_TOKEN, LOCAL, TOKEN, FakeServer, make_test_pki
+from fake_rancher import HEALTHY, KUBECONFIG_TOKEN, LOCAL, TOKEN
 from mitmdump_harness import ROOT, Mitmdump
 
 VECTORS = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())
@@ -46,35 +45,8 @@ def secret_forms(token: str) -> list[str]:
     raw = token.encode()
     return [token, base64.b64encode(raw).decode().rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("=")]
 
-# --- fixtures: one TLS test server of each kind and one mitmdump per setup, per module ---------
+# --- fixtures (pki, rancher, apiserver, reverse, regular: conftest.py) -------------------------
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-@pytest.fixture(scope="module")
-def rancher(pki):
-    server = FakeServer(rancher=True, pki=pki).start()
-    yield server
-    server.stop()
-
-@pytest.fixture(scope="module")
-def apiserver(pki):
-    server = FakeServer(rancher=False, pki=pki).start()
-    yield server
-    server.stop()
-
-@pytest.fixture(scope="module")
-def reverse(tmp_path_factory, rancher, pki):
-    """mitmdump in reverse mode in front of Rancher, with the shipped rules.yaml."""
-    with Mitmdump(tmp_path_factory.mktemp("reverse"), mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert) as proxy:
-        yield proxy
-
-@pytest.fixture(scope="module")
-def regular(tmp_path_factory, pki):
-    """mitmdump as a regular proxy (clients use CONNECT for wss://), with the shipped rules.yaml."""
-    with Mitmdump(tmp_path_factory.mktemp("regular"), upstream_ca=pki.ca_cert) as proxy:
-        yield proxy
 
 FIELD_RULES = """\
 rules:

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_rancher import HEALTHY, TOKEN, FakeServer, make_test_pki
-from mitmdump_harness import ROOT, Mitmdump
+from fake_rancher import HEALTHY, TOKEN
+from mitmdump_harness import ROOT
 
 VECTOR = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())["kubectl-1.32.4"]
 VECTOR_HEADERS = dict(VECTOR["headers"])
@@ -43,25 +43,6 @@ def kubectl():
     if path is None:
         pytest.skip(f"kubectl not found on PATH: {os.environ.get('PATH', '')} (these tests need kubectl >= 1.30)")
     return path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def rancher(pki):
-    server = FakeServer(rancher=True, pki=pki).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def regular(tmp_path_factory, pki):
-    """mitmdump as a regular proxy (CONNECT), with the shipped rules.yaml."""
-    with Mitmdump(tmp_path_factory.mktemp("regular"), upstream_ca=pki.ca_cert) as proxy:
-        yield proxy
 
 
 def write_kubeconfig(path: Path, server: str, ca: str, proxy_url: str | None = None) -> Path:

@@ -26,8 +26,8 @@ import yaml
 from kubernetes import client
 from kubernetes.stream import stream
 
-from fake_rancher import HEALTHY, TOKEN, FakeServer, make_test_pki
-from mitmdump_harness import ROOT, Mitmdump
+from fake_rancher import HEALTHY, TOKEN
+from mitmdump_harness import ROOT
 
 VECTOR = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())["python-kubernetes-37.0.2-stream"]
 VOLATILE = {"sec-websocket-key"}
@@ -37,32 +37,6 @@ VOLATILE = {"sec-websocket-key"}
 def no_proxy_environment(monkeypatch):
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def rancher(pki):
-    server = FakeServer(rancher=True, pki=pki).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def reverse(tmp_path_factory, rancher, pki):
-    """mitmdump in reverse mode in front of Rancher, with the shipped rules.yaml."""
-    with Mitmdump(tmp_path_factory.mktemp("reverse"), mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert) as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def regular(tmp_path_factory, pki):
-    """mitmdump as a regular proxy, with the shipped rules.yaml."""
-    with Mitmdump(tmp_path_factory.mktemp("regular"), upstream_ca=pki.ca_cert) as proxy:
-        yield proxy
 
 
 def core_api(host: str, *, ca: str | None = None, proxy: str | None = None) -> client.CoreV1Api:
