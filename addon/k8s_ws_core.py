@@ -386,7 +386,18 @@ def redact_header_value(name: str, value: str) -> str:
         return f"{scheme} {_redacted(credentials.strip())}"
     if lowered == PROTOCOL_HEADER.lower() and BEARER_PREFIX in value:
         return ",".join(_redact_protocol_element(element) for element in value.split(","))
+    if lowered == "cookie":
+        return _SESSION_COOKIE.sub(_redact_cookie, value)
     return value
+
+
+#: Rancher's session cookie, which authenticates like a token (facts §4).
+_SESSION_COOKIE = re.compile(r"(?<![^;\s])(R_SESS=)([^;]*)")
+
+
+def _redact_cookie(match: re.Match) -> str:
+    value = match[2].strip()
+    return match[1] + _redacted(value) if value else match[0]
 
 
 def _redact_protocol_element(element: str) -> str:

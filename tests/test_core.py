@@ -406,6 +406,9 @@ def test_lone_entry_is_fine_when_entry_is_kept():
         ("Sec-WebSocket-Protocol", f"a, {BEARER_PREFIX}", f"a, {BEARER_PREFIX}"),
         ("Sec-WebSocket-Protocol", "a, b", "a, b"),
         ("User-Agent", "Mozilla", "Mozilla"),
+        ("Cookie", f"R_SESS={TOKEN}", f"R_SESS=<redacted {core.fingerprint(TOKEN)}>"),
+        ("cookie", f"a=1; R_SESS={TOKEN}; b=2", f"a=1; R_SESS=<redacted {core.fingerprint(TOKEN)}>; b=2"),
+        ("Cookie", "XR_SESS=1; R_SESS=", "XR_SESS=1; R_SESS="),
     ],
 )
 def test_redact_header_value(name, value, expected):
