@@ -381,7 +381,7 @@ def test_no_token_in_output_at_flow_detail_4_nor_in_a_flow_file(tmp_path, ranche
         # an upgrade no rule handles, and kubectl's plain request with Authorization
         other = open_ws(base + "/k8s/clusters/x/v1/leak-other", ["a", headlamp_entry(KUBECONFIG_TOKEN)], user_agent="curl/8")
         assert other.status == 401
-        head = f"GET /k8s/clusters/{HEALTHY}/api/v1/namespaces/leak-plain/pods/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KUBECONFIG_TOKEN}\r\nConnection: close\r\n\r\n"
+        head = f"GET /k8s/clusters/{HEALTHY}/api/v1/namespaces/leak-plain/pods/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KUBECONFIG_TOKEN}\r\nCookie: R_SESS={TOKEN}\r\nConnection: close\r\n\r\n"
         assert raw_exchange(proxy.port, head.encode()).startswith(b"HTTP/1.1 200")
         proxy.wait_for_output("leak-plain")
     output, saved = proxy.output(), flows.read_bytes()
