@@ -12,17 +12,25 @@ import os
 import traceback
 import weakref
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import RegularMode, ReverseMode, UpstreamMode
 
 import k8s_ws_core as core
+import k8s_ws_hints as hints
+from k8s_ws_explain import describe_rules, explain, parse_header_lines, parse_target
 from k8s_ws_rules import RuleSet, RulesError, default_rules_path, load_rules
 
 logger = logging.getLogger("k8s_ws")
 
 #: How often the rules file (and the token files it names) are checked for changes.
 RELOAD_POLL_SECONDS = 0.5
+
+#: How mitmproxy is told to trust an upstream's private CA, for the TLS hint.
+TLS_FIX = (
+    "start mitmproxy with --set ssl_verify_upstream_trusted_ca=FILE, FILE holding the upstream's CA "
+    "(for Rancher, the certificate-authority-data of its kubeconfig)"
+)
 
 #: Modes in which mitmproxy itself chose the destination from the proxy's own configuration or
 #: from where the client asked it to connect; elsewhere (transparent, WireGuard, local...) the
@@ -185,6 +193,33 @@ class K8sWs:
             return
         self._use(ruleset, "reloaded")
 
+    # --- commands (mitmproxy's console, mitmweb's command bar) --------------------------------
+
+    @command.command("kubews.rules")
+    def rules_command(self) -> str:
+        """The k8s-ws rules in force."""
+        return describe_rules(self.ruleset.path, self.ruleset.rules, self.ruleset.tokens)
+
+    @command.command("kubews.reload")
+    def reload_command(self) -> str:
+        """Re-read the k8s-ws rules file now."""
+        in_force = self.ruleset
+        self.reload()
+        if self.ruleset is in_force:
+            return f"{self.ruleset.path} has errors (see the event log): the last good rules stay in force"
+        return f"reloaded {len(self.ruleset.rules)} rules from {self.ruleset.path}"
+
+    @command.command("kubews.explain")
+    def explain_command(self, url: str, *headers: str) -> str:
+        """The rule a WebSocket upgrade to URL with headers ('Name: value') matches, and the request
+        as it would be forwarded, tokens redacted."""
+        try:
+            target = parse_target(url)
+            fields = parse_header_lines(list(headers))
+        except ValueError as e:
+            raise exceptions.CommandError(str(e)) from e
+        return explain(self.ruleset.rules, self.ruleset.tokens, target, fields)
+
     async def _watch_rules(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_POLL_SECONDS)
@@ -210,7 +245,8 @@ class K8sWs:
         decision = flow.metadata.get("k8s_ws")
         if decision and "refused" not in decision and "status" not in decision:
             decision["status"] = flow.response.status_code
-            decision["protocol"] = flow.response.headers.get(core.PROTOCOL_HEADER)
+            protocol = flow.response.headers.get(core.PROTOCOL_HEADER)
+            decision["protocol"] = protocol and core.redact_header_value(core.PROTOCOL_HEADER, protocol)
             logger.info(_describe(flow, decision))
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -219,6 +255,12 @@ class K8sWs:
         if decision and "status" not in decision:
             decision["status"] = f"error: {flow.error.msg}" if flow.error else "error"
             logger.warning(_describe(flow, decision))
+        hint = flow.error and hints.transport_hint(flow.error.msg, TLS_FIX)
+        if hint and _is_handshake(flow):
+            self._warn(flow, "error", hint)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._hint_answer(flow)
 
     def _handle(self, flow: http.HTTPFlow) -> None:
         if self.ruleset is None:
@@ -240,8 +282,41 @@ class K8sWs:
             self._answer(flow, verdict.status, verdict.body)
             logger.warning(f"k8s_ws: refused {request.path} on {flow.request.host}: {verdict.reason}")
             return
-        decision.update(actions=list(verdict.actions), fingerprint=verdict.fingerprint)
+        # what the client offered, tokens left out: a 101 must choose one of these
+        decision.update(
+            actions=list(verdict.actions),
+            fingerprint=verdict.fingerprint,
+            offered=list(hints.offered_protocols(request.headers)),
+        )
         flow.request.headers.fields = _byte_headers(verdict.headers)
+
+    def _hint_answer(self, flow: http.HTTPFlow) -> None:
+        """A WARNING with a hint when the upstream's answer means the handshake failed."""
+        if not _is_handshake(flow):
+            return
+        decision = flow.metadata.get("k8s_ws")
+        headers = _str_headers(flow.request.headers)  # redacted by now: hints only test for credentials
+        path, _, query = flow.request.path.partition("?")
+        sent = hints.Sent(
+            path=path,
+            query=query,
+            headers=headers,
+            offered=tuple(decision["offered"]) if decision else hints.offered_protocols(headers),
+            rule=decision and decision["rule"],
+        )
+        body = flow.response.get_content(strict=False)  # None when streamed
+        answer = hints.Answer(flow.response.status_code, _str_headers(flow.response.headers), body)
+        hint = hints.handshake_hint(sent, answer)
+        if hint:
+            self._warn(flow, flow.response.status_code, hint)
+
+    @staticmethod
+    def _warn(flow: http.HTTPFlow, status: int | str, hint: hints.Hint) -> None:
+        decision = flow.metadata.get("k8s_ws")
+        if decision is not None:
+            decision["hint"] = str(hint)  # for mitmweb
+        who = f"rule '{decision['rule']}'" if decision else "no rule"
+        logger.warning(f"k8s_ws: {who} {flow.request.host} {flow.request.path.partition('?')[0]}: upstream {status}: {hint}")
 
     def fail_closed(self, flow: http.HTTPFlow, e: Exception) -> None:
         """Answer 500 rather than let mitmproxy forward a request we may have half changed."""
@@ -274,6 +349,16 @@ def _destinations(flow: http.HTTPFlow) -> tuple[core.Destination, ...]:
             host, _ = url.parse_authority(flow.request.host_header, check=False)
             names.append(core.Destination(host, verified=False))
     return tuple(names)
+
+
+def _is_handshake(flow: http.HTTPFlow) -> bool:
+    """A WebSocket handshake that a rule handled and sent upstream, or that no rule matched on a
+    Kubernetes API path: the requests whose failures get a hint."""
+    decision = flow.metadata.get("k8s_ws")
+    if decision is not None:
+        return "offered" in decision  # set only when the rule forwarded it
+    path = flow.request.path.partition("?")[0]
+    return core.is_k8s_api_path(path) and core.is_websocket_upgrade(_str_headers(flow.request.headers))
 
 
 def _describe(flow: http.HTTPFlow, decision: dict) -> str:
