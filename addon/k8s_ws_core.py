@@ -12,9 +12,9 @@ import binascii
 import enum
 import hashlib
 import re
-import unicodedata
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import translate
+from functools import lru_cache
 
 #: The bearer entry's prefix; case-sensitive, as kube-apiserver matches it (facts §1).
 BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
@@ -131,11 +131,17 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
+#: Unicode's control characters (category Cc), a set the Unicode stability policy keeps closed.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+_URL_ALPHABET = re.compile(r"[-_]")
+_STANDARD_ALPHABET = re.compile(r"[+/]")
+
+
 def check_token(token: str) -> str:
     """Return the token if it can go into an Authorization header; raise TokenError if not."""
     if not token:
         raise TokenError("the token is empty")
-    if any(unicodedata.category(c) == "Cc" for c in token):
+    if _CONTROL_CHARACTER.search(token):
         raise TokenError("the token contains control characters")
     return token
 
@@ -151,11 +157,11 @@ def decode_token(encoded: str) -> str:
     unpadded = encoded.rstrip("=")
     if "=" in unpadded or len(encoded) - len(unpadded) > 2:
         raise TokenError("misplaced '=' padding")
-    if re.search(r"[-_]", unpadded) and re.search(r"[+/]", unpadded):
+    if _URL_ALPHABET.search(unpadded) and _STANDARD_ALPHABET.search(unpadded):
         raise TokenError("mixes the base64url and standard base64 alphabets")
     if len(unpadded) % 4 == 1:
         raise TokenError("truncated base64")
-    standard = unpadded.translate(str.maketrans("-_", "+/"))
+    standard = unpadded.replace("-", "+").replace("_", "/")
     try:
         raw = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
     except binascii.Error as e:
@@ -180,14 +186,43 @@ def header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
     return [value for key, value in headers if key.lower() == name]
 
 
+def header_lines(headers: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
+    """The lines of every header by lower-cased name, read in one pass."""
+    lines: dict[str, list[str]] = {}
+    for key, value in headers:
+        lines.setdefault(key.lower(), []).append(value)
+    return lines
+
+
+def header_elements(lines: list[str]) -> list[str]:
+    """The comma-separated elements of a header's lines, trimmed, empty ones dropped."""
+    return [element.strip(" \t") for line in lines for element in line.split(",") if element.strip(" \t")]
+
+
 def header_tokens(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
     """The comma-separated elements of every line of a header, trimmed, empty ones dropped."""
-    return [
-        element.strip(" \t")
-        for line in header_values(headers, name)
-        for element in line.split(",")
-        if element.strip(" \t")
-    ]
+    return header_elements(header_values(headers, name))
+
+
+def set_headers(
+    headers: tuple[tuple[str, str], ...], replacements: dict[str, list[str]]
+) -> tuple[tuple[str, str], ...]:
+    """Replace every line of each header in `replacements` with its values (none: remove it).
+
+    The first lines keep their place and spelling; extra values go at the end, in the order of
+    `replacements`: the same as a set_header per header, in that order, in one pass.
+    """
+    remaining = {name.lower(): list(values) for name, values in replacements.items()}
+    result = []
+    for line in headers:
+        pending = remaining.get(line[0].lower())
+        if pending is None:
+            result.append(line)
+        elif pending:
+            result.append((line[0], pending.pop(0)))
+    for name in replacements:
+        result.extend([(name, value) for value in remaining[name.lower()]])
+    return tuple(result)
 
 
 def set_header(
@@ -197,19 +232,15 @@ def set_header(
 
     The first lines keep their place and spelling; extra values go at the end.
     """
-    remaining = list(values)
-    result = []
-    for key, value in headers:
-        if key.lower() != name.lower():
-            result.append((key, value))
-        elif remaining:
-            result.append((key, remaining.pop(0)))
-    result.extend((name, value) for value in remaining)
-    return tuple(result)
+    return set_headers(headers, {name: values})
 
 
 def is_websocket_upgrade(headers: tuple[tuple[str, str], ...]) -> bool:
-    return any(t.lower() == "websocket" for t in header_tokens(headers, "Upgrade"))
+    return _upgrades_to_websocket(header_values(headers, "Upgrade"))
+
+
+def _upgrades_to_websocket(upgrade_lines: list[str]) -> bool:
+    return any(t.lower() == "websocket" for t in header_elements(upgrade_lines))
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -219,12 +250,23 @@ def is_websocket_upgrade(headers: tuple[tuple[str, str], ...]) -> bool:
 HOST_GLOB = re.compile(r"[A-Za-z0-9.*?!\[\]_-]+(?P<port>:[0-9*?!\[\]-]+)?")
 
 
+@lru_cache(maxsize=4096)
+def _compiled_host_glob(glob: str):
+    """Whether the glob names a port, and the match of its lower-cased form (as fnmatchcase's)."""
+    shape = HOST_GLOB.fullmatch(glob)
+    return bool(shape and shape["port"]), re.compile(translate(glob.lower())).match
+
+
+@lru_cache(maxsize=4096)
+def _compiled_path_globs(globs: tuple[str, ...]):
+    """One match for a rule's path globs: any of them, as fnmatchcase's."""
+    return re.compile("|".join(f"(?:{translate(glob)})" for glob in globs)).match
+
+
 def host_glob_matches(glob: str, name: str, port: int) -> bool:
     """Shell-style, case-insensitive; against "host:port" when the glob names a port."""
-    shape = HOST_GLOB.fullmatch(glob)
-    if shape and shape["port"]:
-        return fnmatchcase(f"{name}:{port}".lower(), glob.lower())
-    return fnmatchcase(name.lower(), glob.lower())
+    with_port, match = _compiled_host_glob(glob)
+    return match((f"{name}:{port}" if with_port else name).lower()) is not None
 
 
 def is_k8s_api_path(path: str) -> bool:
@@ -234,7 +276,7 @@ def is_k8s_api_path(path: str) -> bool:
 def rule_matches_path(rule: Rule, path: str) -> bool:
     if rule.paths is None:
         return is_k8s_api_path(path)
-    return any(fnmatchcase(path, glob) for glob in rule.paths)
+    return bool(rule.paths) and _compiled_path_globs(rule.paths)(path) is not None
 
 
 def rule_matches_host(rule: Rule, request: Handshake) -> bool:
@@ -243,11 +285,55 @@ def rule_matches_host(rule: Rule, request: Handshake) -> bool:
     return any(host_glob_matches(g, n, request.port) for g in rule.hosts for n in names)
 
 
-def match_rule(rules: tuple[Rule, ...], request: Handshake) -> Rule | None:
-    """The first rule that applies to a request, or None. Only WebSocket upgrades ever match."""
-    if not is_websocket_upgrade(request.headers):
+@dataclass(frozen=True)
+class _HostIndex:
+    """Which rules may match a destination, so that a request is tried against those only.
+
+    A glob with no '*', '?' or '[' matches only itself (any case): a rule whose host globs are all
+    such literals can match only a request whose name, or "name:port", is one of them.
+    """
+
+    by_literal: dict[str, tuple[int, ...]]  # lower-cased literal glob -> positions of its rules
+    wildcard: tuple[int, ...]  # positions of the rules with at least one wildcard glob
+
+
+def _build_host_index(rules: tuple[Rule, ...]) -> _HostIndex:
+    by_literal: dict[str, list[int]] = {}
+    wildcard = []
+    for position, rule in enumerate(rules):
+        if any(c in glob for glob in rule.hosts for c in "*?["):
+            wildcard.append(position)
+        else:
+            for glob in rule.hosts:
+                by_literal.setdefault(glob.lower(), []).append(position)
+    return _HostIndex({glob: tuple(positions) for glob, positions in by_literal.items()}, tuple(wildcard))
+
+
+# The index of the rules decide() was last given: the same tuple, for every request until a reload.
+_last_index: tuple[tuple[Rule, ...], _HostIndex] | None = None
+
+
+def _host_index(rules: tuple[Rule, ...]) -> _HostIndex:
+    global _last_index
+    if _last_index is None or _last_index[0] is not rules:
+        _last_index = (rules, _build_host_index(rules))
+    return _last_index[1]
+
+
+def match_rule(rules: tuple[Rule, ...], request: Handshake, lines: dict[str, list[str]]) -> Rule | None:
+    """The first rule that applies to a request, or None. Only WebSocket upgrades ever match.
+
+    `lines`: the request's header_lines, which decide() reads once for this and the rewrite.
+    """
+    if not _upgrades_to_websocket(lines.get("upgrade", [])):
         return None
-    for rule in rules:
+    index = _host_index(rules)
+    candidates = set(index.wildcard)
+    for destination in request.destinations:
+        candidates.update(index.by_literal.get(destination.name.lower(), ()))
+        candidates.update(index.by_literal.get(f"{destination.name}:{request.port}".lower(), ()))
+    for position in sorted(candidates):
+        rule = rules[position]
         if rule_matches_path(rule, request.path) and rule_matches_host(rule, request):
             return rule
     return None
@@ -263,18 +349,20 @@ def decide(
     `stored_tokens` maps a rule's name to the token its `token:` source gave when the rules were
     loaded, or to the error that reading it raised.
     """
-    rule = match_rule(rules, request)
+    lines = header_lines(request.headers)
+    rule = match_rule(rules, request, lines)
     if rule is None:
         return None
     try:
-        return _rewrite(rule, stored_tokens.get(rule.name), request)
+        return _rewrite(rule, stored_tokens.get(rule.name), request, lines)
     except _Refusal as refusal:
         return Refuse(rule.name, refusal.status, refusal.reason)
 
 
-def _rewrite(rule: Rule, stored: str | TokenError | None, request: Handshake) -> Forward:
-    headers = request.headers
-    protocols = header_tokens(headers, PROTOCOL_HEADER)
+def _rewrite(rule: Rule, stored: str | TokenError | None, request: Handshake, lines: dict[str, list[str]]) -> Forward:
+    # Read once, changed once: the headers read here are none of those changed before reading them.
+    changes: dict[str, list[str]] = {}  # header -> its new lines, in the order they were decided
+    protocols = header_elements(lines.get(PROTOCOL_HEADER.lower(), []))
     others = [p for p in protocols if not p.startswith(BEARER_PREFIX)]
     entries = [p for p in protocols if p.startswith(BEARER_PREFIX)]
     offered = []
@@ -295,7 +383,7 @@ def _rewrite(rule: Rule, stored: str | TokenError | None, request: Handshake) ->
         )
 
     token = offered[0] if offered else None
-    client_authorization = header_values(headers, "Authorization")
+    client_authorization = lines.get("authorization", [])
     actions = []
     injected = None
     if token is None and not client_authorization and rule.token is not None:
@@ -305,64 +393,66 @@ def _rewrite(rule: Rule, stored: str | TokenError | None, request: Handshake) ->
 
     if rule.auth is Auth.SUBPROTOCOL:
         if injected is not None:
-            headers = set_header(headers, PROTOCOL_HEADER, [", ".join([*others, encode_token(injected)])])
+            changes[PROTOCOL_HEADER] = [", ".join([*others, encode_token(injected)])]
             actions.append("token injected as bearer entry")
         elif token is not None and client_authorization and rule.authorization is ClientAuthorization.REPLACE:
-            headers = set_header(headers, "Authorization", [])
+            changes["Authorization"] = []
             actions.append("client Authorization removed, bearer entry kept")
         elif token is not None:
             actions.append("token kept in subprotocol")
     else:
         if rule.auth is Auth.HEADER and entries:
-            headers = set_header(headers, PROTOCOL_HEADER, [", ".join(others)])
+            changes[PROTOCOL_HEADER] = [", ".join(others)]
         if injected is not None:
-            headers = set_header(headers, "Authorization", [f"Bearer {injected}"])
+            changes["Authorization"] = [f"Bearer {injected}"]
             actions.append("token injected as Authorization")
         elif token is not None and client_authorization and rule.authorization is ClientAuthorization.KEEP:
             actions.append("client Authorization kept")
         elif token is not None:
-            headers = set_header(headers, "Authorization", [f"Bearer {token}"])
+            changes["Authorization"] = [f"Bearer {token}"]
             actions.append(
                 "token replaced client Authorization" if client_authorization else "token moved to Authorization"
             )
         if entries:
             actions.append("bearer entry removed" if rule.auth is Auth.HEADER else "bearer entry kept")
 
-    headers = _rewrite_user_agent(rule, headers, actions)
-    headers = _rewrite_origin(rule, request, headers, actions)
+    _rewrite_user_agent(rule, lines.get("user-agent", []), changes, actions)
+    _rewrite_origin(rule, request, lines.get("origin", []), changes, actions)
     used = injected if injected is not None else token
     return Forward(
         rule=rule.name,
-        headers=headers,
+        headers=set_headers(request.headers, changes),
         actions=tuple(actions) or ("nothing to change",),
         fingerprint=fingerprint(used) if used is not None else None,
     )
 
 
-def _rewrite_user_agent(rule: Rule, headers, actions: list[str]):
-    agents = header_values(headers, "User-Agent")
+def _rewrite_user_agent(rule: Rule, agents: list[str], changes: dict[str, list[str]], actions: list[str]) -> None:
     if rule.user_agent == USER_AGENT_KEEP:
-        return headers
+        return
     if rule.user_agent == USER_AGENT_REMOVE:
         if agents:
             actions.append("User-Agent removed")
-        return set_header(headers, "User-Agent", [])
+        changes["User-Agent"] = []
+        return
     if agents != [rule.user_agent]:
         actions.append("User-Agent replaced")
-    return set_header(headers, "User-Agent", [rule.user_agent])
+    changes["User-Agent"] = [rule.user_agent]
 
 
-def _rewrite_origin(rule: Rule, request: Handshake, headers, actions: list[str]):
-    origins = header_values(headers, "Origin")
+def _rewrite_origin(
+    rule: Rule, request: Handshake, origins: list[str], changes: dict[str, list[str]], actions: list[str]
+) -> None:
     if not origins or rule.origin is OriginAction.KEEP:
-        return headers
+        return
     if rule.origin is OriginAction.REMOVE:
         actions.append("Origin removed")
-        return set_header(headers, "Origin", [])
+        changes["Origin"] = []
+        return
     matching = f"{request.scheme}://{request.host}"
     if origins != [matching]:
         actions.append("Origin set to match Host")
-    return set_header(headers, "Origin", [matching])
+    changes["Origin"] = [matching]
 
 
 # --- redaction --------------------------------------------------------------------------------
