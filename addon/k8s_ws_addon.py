@@ -12,12 +12,13 @@ import os
 import traceback
 import weakref
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http, tcp
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import RegularMode, ReverseMode, UpstreamMode
 
 import k8s_ws_core as core
 import k8s_ws_hints as hints
+import k8s_ws_relay
 from k8s_ws_explain import describe_rules, explain, parse_header_lines, parse_target
 from k8s_ws_rules import RuleSet, RulesError, default_rules_path, load_rules
 
@@ -134,6 +135,7 @@ class K8sWs:
     def __init__(self) -> None:
         self.ruleset: RuleSet | None = None
         self.secrets = _SecretKeeper()
+        self.relay = k8s_ws_relay.Relay()
         self._reveal = _RevealBeforeSend(self)
         self._watch_task: asyncio.Task | None = None
         self._watched: tuple | None = None
@@ -151,8 +153,24 @@ class K8sWs:
             "k8s-ws: show tokens and Authorization values in flows, logs and saved files "
             "(off: they are replaced by their sha256 fingerprint).",
         )
+        loader.add_option(
+            "k8s_ws_inspect",
+            bool,
+            False,
+            "k8s-ws: let mitmproxy parse and show the messages of the streams a rule handled "
+            "(off: they are relayed as raw bytes once the handshake is through, and not kept).",
+        )
+        loader.add_option(
+            "k8s_ws_inspect_history",
+            int,
+            100,
+            "k8s-ws: with k8s_ws_inspect, how many of the latest messages of a handled stream "
+            "its flow keeps (at least 1).",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "k8s_ws_inspect_history" in updated and ctx.options.k8s_ws_inspect_history < 1:
+            raise exceptions.OptionsError("k8s_ws_inspect_history must be at least 1")
         if "k8s_ws_rules" in updated:
             try:
                 ruleset = load_rules(os.path.expanduser(ctx.options.k8s_ws_rules))
@@ -260,7 +278,14 @@ class K8sWs:
             self._warn(flow, "error", hint)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self.relay.response(flow, inspect=ctx.options.k8s_ws_inspect, rawtcp=ctx.options.rawtcp)
         self._hint_answer(flow)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        self.relay.websocket_message(flow, history=ctx.options.k8s_ws_inspect_history)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self.relay.tcp_start(flow)
 
     def _handle(self, flow: http.HTTPFlow) -> None:
         if self.ruleset is None:
