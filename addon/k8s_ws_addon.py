@@ -126,6 +126,8 @@ class _RevealBeforeSend:
         if flow.response is not None or flow.error is not None:
             return  # answered here: nothing goes upstream
         try:
+            if self.owner.destination_moved(flow):
+                return
             self.owner.secrets.reveal(flow)
         except Exception as e:
             self.owner.fail_closed(flow, e)
@@ -135,6 +137,8 @@ class K8sWs:
     def __init__(self) -> None:
         self.ruleset: RuleSet | None = None
         self.secrets = _SecretKeeper()
+        # Where a flow carrying a rule's stored token was bound when the rule matched it.
+        self._pinned: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str, int]] = weakref.WeakKeyDictionary()
         self.relay = k8s_ws_relay.Relay()
         self._reveal = _RevealBeforeSend(self)
         self._watch_task: asyncio.Task | None = None
@@ -314,6 +318,22 @@ class K8sWs:
             offered=list(hints.offered_protocols(request.headers)),
         )
         flow.request.headers.fields = _byte_headers(verdict.headers)
+        if verdict.uses_stored_token:
+            self._pinned[flow] = _bound_for(flow)
+
+    def destination_moved(self, flow: http.HTTPFlow) -> bool:
+        """Refuse a flow with a stored token that another addon (map_remote, a script...) sent
+        elsewhere after the rule matched: the token goes only where its rule names."""
+        pinned = self._pinned.pop(flow, None)
+        if pinned is None or pinned == _bound_for(flow):
+            return False
+        rule = flow.metadata["k8s_ws"]["rule"]
+        reason = f"the request was redirected to {flow.request.host}:{flow.request.port} after the rule matched; its stored token is not sent there"
+        flow.metadata["k8s_ws"].update(refused=500, reason=reason)
+        logger.warning(f"k8s_ws: refused {flow.request.path.partition('?')[0]} on {pinned[1]}: rule '{rule}': {reason}")
+        self._answer(flow, 500, f"k8s_ws: rule '{rule}': {reason}\n")
+        self.secrets.forget(flow)
+        return True
 
     def _hint_answer(self, flow: http.HTTPFlow) -> None:
         """A WARNING with a hint when the upstream's answer means the handshake failed."""
@@ -374,6 +394,10 @@ def _destinations(flow: http.HTTPFlow) -> tuple[core.Destination, ...]:
             host, _ = url.parse_authority(flow.request.host_header, check=False)
             names.append(core.Destination(host, verified=False))
     return tuple(names)
+
+
+def _bound_for(flow: http.HTTPFlow) -> tuple[str, str, int]:
+    return flow.request.scheme, flow.request.host, flow.request.port
 
 
 def _is_handshake(flow: http.HTTPFlow) -> bool:

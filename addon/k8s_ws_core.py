@@ -97,6 +97,8 @@ class Forward:
     headers: tuple[tuple[str, str], ...]
     actions: tuple[str, ...]  # what was done, for the log
     fingerprint: str | None  # of the token that goes upstream, if any
+    # The rule's stored token was injected: it may go only to the destination the rule matched.
+    uses_stored_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,7 @@ def _rewrite(rule: Rule, stored: str | TokenError | None, request: Handshake, li
         headers=set_headers(request.headers, changes),
         actions=tuple(actions) or ("nothing to change",),
         fingerprint=fingerprint(used) if used is not None else None,
+        uses_stored_token=injected is not None,
     )
 
 

@@ -188,6 +188,25 @@ def test_stored_token_is_injected_for_a_proxy_chosen_destination(addon):
     assert flow.request.headers["Authorization"] == "Bearer stored-secret"
 
 
+def test_stored_token_is_not_sent_where_another_addon_redirected_the_request(addon):
+    flow = upgrade(host="kube.test", path="/api/v1/pods?watch=1", headers=[("Sec-WebSocket-Protocol", "a")])
+    addon.requestheaders(flow)
+    addon.request(flow)
+    flow.request.host = "elsewhere.test"  # e.g. --map-remote, at the request hook
+    reveal(addon, flow)
+    assert flow.response.status_code == 500
+    assert flow.response.get_text().startswith("k8s_ws: rule 'stored': the request was redirected to elsewhere.test:443")
+    assert "stored-secret" not in str(flow.request.headers)
+
+
+def test_a_redirected_request_with_the_clients_own_token_is_not_refused(addon):
+    flow = headlamp_exec()
+    addon.requestheaders(flow)
+    flow.request.host = "elsewhere.test"
+    reveal(addon, flow)
+    assert flow.response is None and flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
 @pytest.mark.parametrize(
     "address, sni, ssl_insecure, injected",
     [

@@ -310,6 +310,7 @@ def test_stored_token_injected(auth, expect_authorization, expect_protocols):
     assert sent(verdict, "Authorization") == expect_authorization
     assert sent(verdict, "Sec-WebSocket-Protocol") == expect_protocols
     assert verdict.fingerprint == core.fingerprint("stored")
+    assert verdict.uses_stored_token
 
 
 def test_empty_entry_counts_as_no_token():
@@ -329,7 +330,7 @@ def test_empty_entry_counts_as_no_token():
 )
 def test_stored_token_not_used_when_client_has_one(request_headers):
     verdict = decide(handshake(*request_headers), rule(token=TokenSource("env", "T")), tokens={"r": "stored"})
-    assert "stored" not in str(verdict.headers)
+    assert "stored" not in str(verdict.headers) and not verdict.uses_stored_token
 
 
 def test_stored_token_needs_a_verified_destination():

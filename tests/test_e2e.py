@@ -286,6 +286,22 @@ def test_token_field_injects_a_stored_token(fields, rancher, namespace, token):
     assert outcome.status == 101
     assert latest(rancher, namespace).header_lines("Authorization") == [f"Bearer {token}"]
 
+def test_stored_token_never_follows_a_redirect_by_another_addon(tmp_path, rancher, pki):
+    # --map-remote reroutes requests at the `request` hook, after the rule matched 127.0.0.1.
+    # The new destination is the same server under another name, so a leak would be recorded.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: stored\n    hosts: ['127.0.0.1']\n    paths: ['/k8s/clusters/*']\n    token: {env: K8S_WS_E2E_TOKEN}\n")
+    proxy = Mitmdump(
+        tmp_path, mode=f"reverse:{rancher.url}", rules=rules, upstream_ca=pki.ca_cert, env={"K8S_WS_E2E_TOKEN": TOKEN},
+        args=("--map-remote", f"|//127.0.0.1:{rancher.port}/|//localhost:{rancher.port}/"),
+    )
+    with proxy:
+        outcome = open_ws(f"ws://127.0.0.1:{proxy.port}{exec_path(namespace='redirected')}", ["v4.channel.k8s.io"], user_agent="curl/8")
+    assert outcome.status == 500
+    assert outcome.body.decode().startswith(f"k8s_ws: rule 'stored': the request was redirected to localhost:{rancher.port}")
+    assert nothing_recorded(rancher, "redirected")
+
+
 def test_both_sets_the_header_and_keeps_the_entry(fields, rancher):
     entry = headlamp_entry(TOKEN)
     outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace='both')}", ["v4.channel.k8s.io", entry])
