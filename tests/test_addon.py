@@ -6,6 +6,7 @@ import logging
 
 import pytest
 from mitmproxy import exceptions, hooks, http
+from mitmproxy.addons import export
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
@@ -131,6 +132,19 @@ def test_headlamp_exec_is_rewritten_for_upstream_and_redacted_in_the_flow(addon)
     assert flow.request.headers["User-Agent"] == BROWSER_UA
     answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
     assert flow.request.headers["Authorization"] == f"Bearer <redacted {fingerprint(TOKEN)}>"
+
+
+@pytest.mark.parametrize("exporter", sorted(set(export.formats) - {"raw_response"}))
+def test_exports_of_a_flow_hold_no_token(addon, exporter):
+    # mitmproxy's curl, httpie and raw request exports (console, mitmweb) read the stored flow.
+    flow = headlamp_exec()
+    send(addon, flow)
+    answer(addon, flow)
+    with taddons.context(export.Export()):
+        exported = export.formats[exporter](flow)
+    exported = exported if isinstance(exported, str) else exported.decode(errors="replace")
+    assert "rancher.test" in exported and "<redacted sha256:" in exported
+    assert TOKEN not in exported and ENTRY not in exported
 
 
 def test_show_tokens_keeps_the_real_values_in_the_flow(addon):

@@ -21,7 +21,7 @@ import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from fake_rancher import HEALTHY, KUBECONFIG_TOKEN, LOCAL, TOKEN
+from fake_rancher import DASH_UNDERSCORE_TOKEN, HEALTHY, KUBECONFIG_TOKEN, LOCAL, TOKEN
 from mitmdump_harness import ROOT, Mitmdump
 
 VECTORS = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())
@@ -389,9 +389,16 @@ def test_unreadable_token_source_answers_500(fields, rancher):
 
 def test_no_token_in_output_at_flow_detail_4_nor_in_a_flow_file(tmp_path, rancher, pki):
     flows = tmp_path / "flows.mitm"
-    proxy = Mitmdump(tmp_path, mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert, options={"flow_detail": 4}, args=("-w", str(flows)))
+    # The shipped rule, after one that injects a token from a file.
+    token_file = tmp_path / "token"
+    token_file.write_text(DASH_UNDERSCORE_TOKEN + "\n")
+    rules = tmp_path / "rules.yaml"
+    stored = f"  - name: stored\n    hosts: ['127.0.0.1']\n    paths: ['*/leak-stored/*']\n    token: {{file: '{token_file}'}}\n"
+    rules.write_text((ROOT / "rules.yaml").read_text().replace("rules:\n", "rules:\n" + stored, 1))
+    proxy = Mitmdump(tmp_path, mode=f"reverse:{rancher.url}", rules=rules, upstream_ca=pki.ca_cert, options={"flow_detail": 4}, args=("-w", str(flows)))
     with proxy:
         base = f"ws://127.0.0.1:{proxy.port}"
+        assert open_ws(base + exec_path(namespace="leak-stored"), ["v4.channel.k8s.io"], user_agent="curl/8").status == 101
         assert open_ws(base + exec_path(namespace="leak-exec"), [*EXEC_PROTOCOLS[:-1], headlamp_entry(TOKEN)]).status == 101
         assert open_ws(base + exec_path(namespace="leak-refused"), [headlamp_entry(TOKEN)]).status == 400
         # an upgrade no rule handles, and kubectl's plain request with Authorization
@@ -402,7 +409,7 @@ def test_no_token_in_output_at_flow_detail_4_nor_in_a_flow_file(tmp_path, ranche
         proxy.wait_for_output("leak-plain")
     output, saved = proxy.output(), flows.read_bytes()
     assert "leak-exec" in output and b"leak-plain" in saved  # the flows are there, in detail
-    for secret in secret_forms(TOKEN) + secret_forms(KUBECONFIG_TOKEN):
+    for secret in secret_forms(TOKEN) + secret_forms(KUBECONFIG_TOKEN) + secret_forms(DASH_UNDERSCORE_TOKEN):
         assert secret not in output
         assert secret.encode() not in saved
     assert b"Bearer <redacted sha256:" in saved and "<redacted sha256:" in output
