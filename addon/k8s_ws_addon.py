@@ -51,9 +51,9 @@ def _byte_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, by
 class _SecretKeeper:
     """Keeps the real credentials of in-flight requests out of the flow that mitmproxy shows.
 
-    A flow holds redacted values, except from the end of the last `request` hook (see
-    _RevealBeforeSend) until the upstream answers or the flow fails: the window in which
-    mitmproxy writes the request upstream and no hook runs.
+    A flow holds redacted values, except from the end of the `update` hook that follows its last
+    `request` hook (see _RevealBeforeSend) until the upstream's response headers or an error: the
+    window in which mitmproxy connects, writes the request upstream, and runs no flow hook.
     """
 
     def __init__(self) -> None:
@@ -134,6 +134,8 @@ class _RevealBeforeSend:
 
 
 class K8sWs:
+    """The addon: applies the rules to WebSocket upgrades and keeps credentials out of sight."""
+
     def __init__(self) -> None:
         self.ruleset: RuleSet | None = None
         self.secrets = _SecretKeeper()
