@@ -19,7 +19,7 @@ mitmdump runs with its default options, its output going to a file.
                          for 2 s; MB/s counts the payload echoed back, 1 MB = 10^6 bytes
     RSS growth           mitmdump's VmRSS after 100,000 messages of 1 KiB on one stream, less
                          before; the server reads and drops them, the client pings every 1,000
-    rule decision        k8s_ws_core.decide in this process, median of 20,000 calls spread over
+    rule decision        kubews.decide in this process, median of 20,000 calls spread over
                          the rounds, with 1,000 rules (one per Rancher host, as in rules.yaml) of
                          which the last matches, and with 1 rule
 
@@ -52,11 +52,11 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "addon"))
 
-import k8s_ws_core  # noqa: E402
-from k8s_ws_rules import load_rules  # noqa: E402
+import kubews  # noqa: E402
+from kubews.rulesfile import load_rules  # noqa: E402
 
 TOKEN = "token-bench:" + "k" * 54
-ENTRY = k8s_ws_core.BEARER_PREFIX + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
+ENTRY = kubews.BEARER_PREFIX + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36"
 PAGE_ORIGIN = "http://localhost:4466"
 EXEC = "/k8s/clusters/c-m-bench/api/v1/namespaces/default/pods/{pod}/exec?command=sh&stdin=1&stdout=1&tty=1"
@@ -149,7 +149,7 @@ def rss(pid: int) -> int:
 
 
 class Decision:
-    """k8s_ws_core.decide with `count` rules (one per Rancher host, as in rules.yaml), on what
+    """kubews.decide with `count` rules (one per Rancher host, as in rules.yaml), on what
     Chromium sends for Headlamp's exec to the host of the last rule."""
 
     def __init__(self, workdir: Path, count: int):
@@ -162,11 +162,10 @@ class Decision:
                 for i in range(count)
             )
         )
-        ruleset = load_rules(rules_file)
-        self.rules, self.tokens = ruleset.rules, ruleset.tokens
+        self.ruleset = load_rules(rules_file)
         host = f"rancher-{count - 1}.example.com"
-        self.request = k8s_ws_core.Handshake(
-            destinations=(k8s_ws_core.Destination(host, verified=True),),
+        self.request = kubews.Handshake(
+            destinations=(kubews.Destination(host, verified=True),),
             port=443,
             path=EXEC.format(pod="echo").partition("?")[0],
             headers=(
@@ -185,17 +184,17 @@ class Decision:
                 ("Sec-WebSocket-Protocol", f"base64.binary.k8s.io, v4.channel.k8s.io, channel.k8s.io, {ENTRY}"),
             ),
             scheme="https",
-            host=host,
+            host_header=host,
         )
-        verdict = k8s_ws_core.decide(self.rules, self.tokens, self.request)
-        assert isinstance(verdict, k8s_ws_core.Forward) and verdict.rule == f"rancher-{count - 1}", verdict
+        verdict = kubews.decide(self.ruleset, self.request)
+        assert isinstance(verdict, kubews.Forward) and verdict.rule.name == f"rancher-{count - 1}", verdict
         self.timings: list[int] = []
 
     def sample(self, calls: int) -> None:
-        decide, rules, tokens, request = k8s_ws_core.decide, self.rules, self.tokens, self.request
+        decide, ruleset, request = kubews.decide, self.ruleset, self.request
         for _ in range(calls):
             start = time.perf_counter_ns()
-            decide(rules, tokens, request)
+            decide(ruleset, request)
             self.timings.append(time.perf_counter_ns() - start)
 
     def percentile_us(self, percent: int) -> float:
@@ -325,7 +324,7 @@ def report(measured: dict, rounds: int, load: tuple[float, float]) -> str:
         "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|",
         *("| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]) + " |" for row in table),
         "",
-        "rule decision (k8s_ws_core.decide, a Chromium exec handshake that the last rule matches), median "
+        "rule decision (kubews.decide, a Chromium exec handshake that the last rule matches), median "
         "(10th percentile): " + ", ".join(f"{median:.1f} µs ({fast:.1f}) with {count:,} rule{'s' * (count > 1)}"
                                           for count, (median, fast) in sorted(decision.items(), reverse=True)),
     ]

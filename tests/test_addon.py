@@ -10,10 +10,9 @@ from mitmproxy.addons import export
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
-import k8s_ws_addon
-import k8s_ws_core
-from k8s_ws_addon import K8sWs
-from k8s_ws_core import BEARER_PREFIX, fingerprint
+from kubews.mitm import _hooks, _watcher
+from kubews.mitm import K8sWs
+from kubews import BEARER_PREFIX, fingerprint
 
 TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
 ENTRY = BEARER_PREFIX + base64.b64encode(TOKEN.encode()).decode().rstrip("=")
@@ -100,7 +99,7 @@ def test_shipped_rules_load():
     with taddons.context(addon) as tctx:
         # as mitmproxy does when it loads a script: configure with every option
         tctx.master.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(tctx.options.keys())))
-        assert [r.name for r in addon.ruleset.rules] == ["rancher"]
+        assert [r.name for r in addon.rules.ruleset.rules] == ["rancher"]
 
 
 def test_broken_rules_raise_options_error_with_position(rules_file, tmp_path):
@@ -111,7 +110,7 @@ def test_broken_rules_raise_options_error_with_position(rules_file, tmp_path):
         tctx.configure(addon, k8s_ws_rules=str(rules_file))
         with pytest.raises(exceptions.OptionsError, match=rf"{broken}:4:13: rule 'x': origin: unknown value"):
             tctx.configure(addon, k8s_ws_rules=str(broken))
-    assert addon.ruleset.path == str(rules_file)  # assigned only on success
+    assert addon.rules.ruleset.path == str(rules_file)  # assigned only on success
 
 
 def test_headlamp_exec_is_rewritten_for_upstream_and_redacted_in_the_flow(addon):
@@ -258,7 +257,7 @@ def test_an_exception_answers_500_and_forwards_nothing(addon, monkeypatch, caplo
     def explode(*args):
         raise ValueError(f"bad value {TOKEN}")
 
-    monkeypatch.setattr(k8s_ws_core, "decide", explode)
+    monkeypatch.setattr(_hooks, "decide", explode)
     flow = headlamp_exec()
     with caplog.at_level(logging.DEBUG):
         send(addon, flow)
@@ -327,7 +326,7 @@ def test_info_line_has_fingerprint_and_no_token(addon, caplog):
 
 
 def test_rules_change_is_picked_up_and_a_broken_edit_keeps_the_last_good(addon, rules_file, caplog, monkeypatch):
-    monkeypatch.setattr(k8s_ws_addon, "RELOAD_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(_watcher, "RELOAD_POLL_SECONDS", 0.05)
 
     async def wait_for(predicate):
         for _ in range(100):
@@ -340,10 +339,10 @@ def test_rules_change_is_picked_up_and_a_broken_edit_keeps_the_last_good(addon, 
         addon.running()
         try:
             rules_file.write_text(RULES.replace("rancher.test", "new.test") + "\n")
-            await wait_for(lambda: addon.ruleset.rules[0].hosts == ("new.test",))
+            await wait_for(lambda: addon.rules.ruleset.rules[0].hosts == ("new.test",))
             rules_file.write_text("rules: [\n")
             await wait_for(lambda: "keeping the last good rules" in caplog.text)
-            assert addon.ruleset.rules[0].hosts == ("new.test",)
+            assert addon.rules.ruleset.rules[0].hosts == ("new.test",)
         finally:
             addon.done()
 
@@ -357,7 +356,7 @@ def test_token_file_change_is_picked_up(tmp_path, monkeypatch):
     token_file.write_text("first\n")
     rules = tmp_path / "rules.yaml"
     rules.write_text(f'rules:\n  - name: t\n    hosts: ["*"]\n    token: {{file: "{token_file}"}}\n')
-    monkeypatch.setattr(k8s_ws_addon, "RELOAD_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(_watcher, "RELOAD_POLL_SECONDS", 0.05)
     addon = K8sWs()
 
     async def scenario():
@@ -366,7 +365,7 @@ def test_token_file_change_is_picked_up(tmp_path, monkeypatch):
             token_file.write_text("second, longer\n")
             for _ in range(100):
                 await asyncio.sleep(0.02)
-                if addon.ruleset.tokens["t"] == "second, longer":
+                if addon.rules.ruleset.tokens["t"] == "second, longer":
                     return
             raise AssertionError("token file change not picked up")
         finally:
@@ -374,5 +373,5 @@ def test_token_file_change_is_picked_up(tmp_path, monkeypatch):
 
     with taddons.context(addon) as tctx:
         tctx.configure(addon, k8s_ws_rules=str(rules))
-        assert addon.ruleset.tokens["t"] == "first"
+        assert addon.rules.ruleset.tokens["t"] == "first"
         asyncio.run(scenario())

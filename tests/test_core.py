@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-import k8s_ws_core as core
-from k8s_ws_core import (
+import kubews as core
+from kubews import (
     BEARER_PREFIX,
     Auth,
     ClientAuthorization,
@@ -99,14 +99,14 @@ def test_fingerprint():
 )
 def test_header_tokens(lines, elements):
     headers = tuple(("Sec-WebSocket-Protocol", line) for line in lines)
-    assert core.header_tokens(headers, "sec-websocket-protocol") == elements
+    assert core.header_elements(headers, "sec-websocket-protocol") == elements
 
 
 def test_set_header_keeps_position_and_spelling():
     headers = (("host", "h"), ("user-agent", "a"), ("X", "1"), ("User-Agent", "b"))
-    assert core.set_header(headers, "User-Agent", ["c"]) == (("host", "h"), ("user-agent", "c"), ("X", "1"))
-    assert core.set_header(headers, "User-Agent", []) == (("host", "h"), ("X", "1"))
-    assert core.set_header(headers, "Origin", ["o"]) == (*headers, ("Origin", "o"))
+    assert core.replace_headers(headers, {"User-Agent": ["c"]}) == (("host", "h"), ("user-agent", "c"), ("X", "1"))
+    assert core.replace_headers(headers, {"User-Agent": []}) == (("host", "h"), ("X", "1"))
+    assert core.replace_headers(headers, {"Origin": ["o"]}) == (*headers, ("Origin", "o"))
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def handshake(*headers, path=EXEC, host="rancher.test", port=443, verified=True,
         path=path,
         headers=base + tuple(headers),
         scheme=scheme,
-        host=host,
+        host_header=host,
     )
 
 
@@ -181,7 +181,7 @@ def rule(**fields):
 
 
 def decide(request, *rules, tokens=None):
-    return core.decide(rules or (rule(),), tokens or {}, request)
+    return core.decide(core.RuleSet(rules or (rule(),), tokens or {}), request)
 
 
 def sent(verdict, name):
@@ -337,9 +337,9 @@ def test_stored_token_needs_a_verified_destination():
     with_token = rule(name="stored", token=TokenSource("env", "T"))
     fallback = rule(name="fallback")
     asserted = handshake(protocols("a"), verified=False)
-    assert decide(asserted, with_token, fallback, tokens={"stored": "s"}).rule == "fallback"
+    assert decide(asserted, with_token, fallback, tokens={"stored": "s"}).rule.name == "fallback"
     assert decide(asserted, with_token, tokens={"stored": "s"}) is None
-    assert decide(handshake(protocols("a")), with_token, fallback, tokens={"stored": "s"}).rule == "stored"
+    assert decide(handshake(protocols("a")), with_token, fallback, tokens={"stored": "s"}).rule.name == "stored"
 
 
 def test_first_matching_rule_applies():
@@ -349,12 +349,12 @@ def test_first_matching_rule_applies():
         rule(name="this", hosts=("rancher.*",)),
         rule(name="later"),
     )
-    assert decide(handshake(protocols("a")), *rules).rule == "this"
+    assert decide(handshake(protocols("a")), *rules).rule.name == "this"
 
 
 def test_default_paths_are_kubernetes_api_paths():
     assert decide(handshake(protocols("a"), path="/v3/subscribe")) is None
-    assert decide(handshake(protocols("a"), path="/v3/subscribe"), rule(paths=("/v3/*",))).rule == "r"
+    assert decide(handshake(protocols("a"), path="/v3/subscribe"), rule(paths=("/v3/*",))).rule.name == "r"
 
 
 def test_only_websocket_upgrades_match():

@@ -5,15 +5,15 @@ import asyncio
 
 import pytest
 
-import k8s_ws_cli
-import k8s_ws_core as core
-import k8s_ws_diagnose as diagnose
+from kubews import cli
+import kubews as core
+from kubews import diagnose
 from fake_rancher import DEAD, HEALTHY, LOCAL, PENDING, TOKEN
-from k8s_ws_core import Auth, OriginAction
-from k8s_ws_diagnose import Outcome, Variant
-from k8s_ws_explain import parse_target
-from k8s_ws_hints import Hint
-from k8s_ws_rules import parse_rules
+from kubews import Auth, OriginAction
+from kubews.diagnose import Outcome, Variant
+from kubews.explain import parse_target
+from kubews.hints import Hint
+from kubews.rulesfile import parse_rules
 
 EXEC = "/api/v1/namespaces/default/pods/p/exec?command=sh&stdout=1"
 LOG = "/api/v1/namespaces/default/pods/p/log?follow=true"
@@ -29,7 +29,7 @@ def token_env(monkeypatch):
 
 
 def run(capsys, *argv):
-    status = k8s_ws_cli.main(["diagnose", *argv])
+    status = cli.main(["diagnose", *argv])
     out, err = capsys.readouterr()
     for encoded in (TOKEN, core.encode_token(TOKEN)[len(core.BEARER_PREFIX) :]):
         assert encoded not in out and encoded not in err
@@ -61,7 +61,7 @@ def test_variants_cover_token_user_agent_and_origin():
 def test_variant_headers_are_what_the_spec_says(variant):
     target = parse_target(f"https://rancher.test:8443/k8s/clusters/{HEALTHY}{EXEC}")
     headers = diagnose.variant_headers(variant, diagnose.console_handshake(target, TOKEN))
-    protocols = core.header_tokens(headers, "Sec-WebSocket-Protocol")
+    protocols = core.header_elements(headers, "Sec-WebSocket-Protocol")
     token_label, user_agent, origin = variant.labels
     if token_label == "header":  # interface §4, auth: header
         assert core.header_values(headers, "Authorization") == [f"Bearer {TOKEN}"]
@@ -117,7 +117,7 @@ def test_rule_entry_does_what_the_variant_did(variant):
     target = parse_target(f"https://rancher.test/k8s/clusters/{HEALTHY}{LOG}")
     console = diagnose.console_handshake(target, TOKEN if variant.auth else None)
     rule = parse_rules("rules:\n" + diagnose.rule_entry(variant, target))[0]
-    assert core.decide((rule,), {}, console).headers == diagnose.variant_headers(variant, console)
+    assert core.decide(core.RuleSet((rule,)), console).headers == diagnose.variant_headers(variant, console)
 
 
 def test_root_causes_leave_out_what_a_rule_fixes():
@@ -231,5 +231,5 @@ def test_bad_usage_exits_2(capsys, argv, error):
 
 def test_cacert_and_insecure_are_exclusive(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        k8s_ws_cli.main(["diagnose", "https://x/api/v1/pods", "--cacert", "f", "--insecure"])
+        cli.main(["diagnose", "https://x/api/v1/pods", "--cacert", "f", "--insecure"])
     assert exit_info.value.code == 2

@@ -8,10 +8,10 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-import k8s_ws_cli
-from k8s_ws_addon import K8sWs
-from k8s_ws_core import BEARER_PREFIX, fingerprint
-from k8s_ws_explain import Target, parse_header_lines, parse_target
+from kubews import cli
+from kubews.mitm import K8sWs
+from kubews import BEARER_PREFIX, fingerprint
+from kubews.explain import Target, parse_header_lines, parse_target
 
 TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
 STORED = "kubeconfig-u-abcde:qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq"
@@ -50,7 +50,7 @@ def rules_file(tmp_path, monkeypatch):
 
 
 def run(capsys, *argv):
-    status = k8s_ws_cli.main(list(argv))
+    status = cli.main(list(argv))
     out, err = capsys.readouterr()
     for secret in (TOKEN, STORED, HEADLAMP_ENTRY[len(BEARER_PREFIX) :]):
         assert secret not in out and secret not in err

@@ -12,9 +12,9 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-import k8s_ws_core as core
-from k8s_ws_addon import K8sWs
-from k8s_ws_hints import Answer, Sent, handshake_hint, offered_protocols, transport_hint
+import kubews as core
+from kubews.mitm import K8sWs
+from kubews.hints import Answer, Sent, handshake_hint, offered_protocols, transport_hint
 
 TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
 ENTRY = core.encode_token(TOKEN)

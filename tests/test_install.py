@@ -27,8 +27,8 @@ def test_installed_copy_finds_the_shipped_rules(tmp_path):
     check = subprocess.run([venv / "bin" / "k8s-ws", "check"], capture_output=True, text=True, cwd=tmp_path)
     assert (check.returncode, check.stdout) == (0, "ok: 1 rules\n"), check.stderr
     where = subprocess.run(
-        [venv / "bin" / "python", "-c", "import k8s_ws_rules as r; print(r.__file__); print(r.default_rules_path())"],
+        [venv / "bin" / "python", "-c", "import kubews.rulesfile as r; print(r.__file__); print(r.default_rules_path())"],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     ).stdout.split()
-    assert where == [str(venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "k8s_ws_rules.py"), str(venv / "share" / "k8s-ws" / "rules.yaml")]
+    assert where == [str(venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "kubews" / "rulesfile.py"), str(venv / "share" / "k8s-ws" / "rules.yaml")]
     assert (venv / "share" / "k8s-ws" / "rules.yaml").read_text() == (ROOT / "rules.yaml").read_text()

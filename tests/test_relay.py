@@ -27,8 +27,8 @@ from mitmproxy.test import taddons, tflow
 from mitmproxy.tools.web.app import flow_to_json
 from mitmproxy.websocket import WebSocketData
 
-from k8s_ws_addon import K8sWs
-from k8s_ws_core import BEARER_PREFIX
+from kubews.mitm import K8sWs
+from kubews import BEARER_PREFIX
 
 TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
 EXEC = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec?command=sh&stdin=1"
@@ -218,7 +218,7 @@ def test_raw_relay_runs_no_hook_and_keeps_nothing(chain):
     driver, flow = tcp_relay(chain, chain.upgrade())
     assert chain.before.hooks(flow) == ["tcp_start"]  # mitmproxy's TCP layer took the stream over
     assert chain.after.hooks(flow) == []  # nothing after the addon ever sees its flow
-    # The server's first frames, in the read that brought its 101: a bytearray (see k8s_ws_relay).
+    # The server's first frames, in the read that brought its 101: a bytearray (see kubews.mitm._relay).
     first = bytearray(b"\x82\x01\x01\x82\x11\x01hello from exec\n")
     driver.feed(events.DataReceived(flow.server_conn, first))
     expected = {flow.client_conn: bytearray(first), flow.server_conn: bytearray()}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from k8s_ws_core import Auth, ClientAuthorization, OriginAction, Rule, TokenError, TokenSource
-from k8s_ws_rules import RulesError, default_rules_path, load_rules, parse_rules
+from kubews import Auth, ClientAuthorization, OriginAction, Rule, TokenError, TokenSource
+from kubews.rulesfile import RulesError, default_rules_path, load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def test_default_rules_are_the_projects():
 )
 def test_check_command(args, status, stdout, stderr, tmp_path):
     # From another directory: the default is found from the code's location, not the cwd.
-    run = subprocess.run([sys.executable, "-m", "k8s_ws_cli", "check", *args], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "addon")})
+    run = subprocess.run([sys.executable, "-m", "kubews.cli", "check", *args], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "addon")})
     assert (run.returncode, run.stdout, run.stderr) == (status, stdout, stderr)
 
 

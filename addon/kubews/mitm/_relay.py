@@ -55,28 +55,26 @@ class Relay:
             weakref.WeakValueDictionary()
         )
 
-    def response(self, flow: http.HTTPFlow, *, inspect: bool, rawtcp: bool) -> None:
-        """Choose how a handled upgrade is relayed; mitmproxy acts on it right after this hook."""
-        decision = flow.metadata.get("k8s_ws")
-        if not decision or flow.response is None or flow.response.status_code != 101:
-            return
+    def choose(self, flow: http.HTTPFlow, *, inspect: bool, rawtcp: bool) -> str:
+        """Choose how a handled upgrade that the upstream accepted (101) is relayed: "raw" or
+        "websocket". mitmproxy acts on the choice right after the `response` hook."""
         # Without rawtcp, mitmproxy would close a 101 that has no WebSocket layer.
         if not inspect and rawtcp:
             flow.websocket = None
         if flow.websocket is None:
-            decision["relay"] = "raw"
             self._raw_upgrades[_connections(flow)] = flow
-        else:
-            decision["relay"] = "websocket"
+            return "raw"
+        return "websocket"
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         if self._raw_upgrades.pop(_connections(flow), None) is not None:
             flow.__class__ = RelayedTCPFlow
             raise exceptions.AddonHalt()  # nothing after this addon sees a flow that stays empty
 
-    def websocket_message(self, flow: http.HTTPFlow, *, history: int) -> None:
-        # A handled stream that mitmproxy parses (inspect on, or rawtcp off): keep its latest messages.
-        if "k8s_ws" in flow.metadata and flow.websocket is not None:
+    @staticmethod
+    def bound_history(flow: http.HTTPFlow, history: int) -> None:
+        """A handled stream that mitmproxy parses (inspect on, or rawtcp off): keep its latest messages."""
+        if flow.websocket is not None:
             excess = len(flow.websocket.messages) - history
             if excess > 0:
                 del flow.websocket.messages[:excess]

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import sys
 
-import k8s_ws_diagnose as diagnose
-from k8s_ws_core import TokenError, TokenSource, fingerprint, is_k8s_api_path
-from k8s_ws_explain import explain, parse_header_lines, parse_target
-from k8s_ws_rules import RulesError, default_rules_path, load_rules, read_token
+from . import diagnose
+from ._paths import is_k8s_api_path
+from ._rules import TokenSource
+from ._tokens import TokenError, fingerprint
+from .explain import explain, parse_header_lines, parse_target
+from .rulesfile import RulesError, default_rules_path, load_rules, read_token
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -41,7 +43,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"k8s-ws explain: {e}", file=sys.stderr)
         return 2
     print(f"rules: {path}")
-    print(explain(ruleset.rules, ruleset.tokens, target, headers))
+    print(explain(ruleset, target, headers))
     return 0
 
 

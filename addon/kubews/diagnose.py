@@ -17,10 +17,13 @@ import ssl
 from dataclasses import dataclass
 from itertools import product
 
-import k8s_ws_core as core
-from k8s_ws_core import Auth, OriginAction
-from k8s_ws_explain import Target, upgrade_request
-from k8s_ws_hints import BODY_SNIPPET, Answer, Hint, Sent, handshake_hint, offered_protocols, transport_hint
+from ._decision import Forward, decide
+from ._handshake import Handshake
+from ._headers import PROTOCOL_HEADER, Headers, header_elements, header_values
+from ._rules import USER_AGENT_KEEP, USER_AGENT_REMOVE, Auth, OriginAction, Rule, RuleSet
+from ._tokens import encode_token
+from .explain import Target, upgrade_request
+from .hints import BODY_SNIPPET, Answer, Hint, Sent, handshake_hint, offered_protocols, transport_hint
 
 BROWSER_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"
 #: The page of a browser console: an origin that is never the server's own.
@@ -32,7 +35,7 @@ DEFAULT_CONSOLE_PROTOCOLS = ("base64.binary.k8s.io",)  # log, watch
 TLS_FIX = "pass --cacert with the server's CA (for Rancher, the certificate-authority-data of its kubeconfig), or --insecure"
 
 _TOKEN_LABELS = {None: "none", Auth.SUBPROTOCOL: "subprotocol", Auth.HEADER: "header"}
-_USER_AGENT_LABELS = {core.USER_AGENT_KEEP: "browser", core.USER_AGENT_REMOVE: "none"}
+_USER_AGENT_LABELS = {USER_AGENT_KEEP: "browser", USER_AGENT_REMOVE: "none"}
 _ORIGIN_LABELS = {OriginAction.KEEP: "foreign", OriginAction.MATCH_HOST: "matching", OriginAction.REMOVE: "absent"}
 
 
@@ -41,12 +44,12 @@ class Variant:
     """A way to send the handshake, as the rule that turns a browser's handshake into it."""
 
     auth: Auth | None  # None: no token to place
-    user_agent: str  # core.USER_AGENT_KEEP or core.USER_AGENT_REMOVE
+    user_agent: str  # USER_AGENT_KEEP or USER_AGENT_REMOVE
     origin: OriginAction
 
     @property
-    def rule(self) -> core.Rule:
-        return core.Rule(
+    def rule(self) -> Rule:
+        return Rule(
             name="diagnose",
             hosts=("*",),
             auth=self.auth or Auth.SUBPROTOCOL,
@@ -57,7 +60,7 @@ class Variant:
     @property
     def changes(self) -> int:
         """How many settings differ from what a browser sends."""
-        return (self.auth is Auth.HEADER) + (self.user_agent != core.USER_AGENT_KEEP) + (self.origin is not OriginAction.KEEP)
+        return (self.auth is Auth.HEADER) + (self.user_agent != USER_AGENT_KEEP) + (self.origin is not OriginAction.KEEP)
 
     @property
     def labels(self) -> tuple[str, str, str]:
@@ -71,30 +74,30 @@ class Variant:
 def variants(with_token: bool) -> list[Variant]:
     """Every variant, in table order: the browser's own handshake first."""
     auths = (Auth.SUBPROTOCOL, Auth.HEADER) if with_token else (None,)
-    user_agents = (core.USER_AGENT_KEEP, core.USER_AGENT_REMOVE)
+    user_agents = (USER_AGENT_KEEP, USER_AGENT_REMOVE)
     origins = (OriginAction.KEEP, OriginAction.MATCH_HOST, OriginAction.REMOVE)
     return [Variant(a, u, o) for a, u, o in product(auths, user_agents, origins)]
 
 
-def console_handshake(target: Target, token: str | None) -> core.Handshake:
+def console_handshake(target: Target, token: str | None) -> Handshake:
     """The upgrade a browser console sends to target."""
     endpoint = target.path.rstrip("/").rpartition("/")[2]
     protocols = list(CONSOLE_PROTOCOLS.get(endpoint, DEFAULT_CONSOLE_PROTOCOLS))
     if token is not None:
-        protocols.append(core.encode_token(token))
+        protocols.append(encode_token(token))
     headers = (
         ("User-Agent", BROWSER_USER_AGENT),
         ("Origin", FOREIGN_ORIGIN),
         ("Sec-WebSocket-Version", "13"),
         ("Sec-WebSocket-Key", base64.b64encode(os.urandom(16)).decode()),
-        (core.PROTOCOL_HEADER, ", ".join(protocols)),
+        (PROTOCOL_HEADER, ", ".join(protocols)),
     )
     return upgrade_request(target, headers)
 
 
-def variant_headers(variant: Variant, console: core.Handshake) -> tuple[tuple[str, str], ...]:
-    verdict = core.decide((variant.rule,), {}, console)
-    if not isinstance(verdict, core.Forward):  # the console handshake is well-formed by construction
+def variant_headers(variant: Variant, console: Handshake) -> Headers:
+    verdict = decide(RuleSet((variant.rule,)), console)
+    if not isinstance(verdict, Forward):  # the console handshake is well-formed by construction
         raise AssertionError(f"unexpected verdict for {variant}: {type(verdict).__name__}")
     return verdict.headers
 
@@ -115,12 +118,12 @@ class Outcome:
         return f"works (protocol {self.protocol or 'none'})" if self.hint is None else self.hint.meaning
 
 
-def judge(variant: Variant, target: Target, console: core.Handshake, sent: tuple[tuple[str, str], ...], answer: Answer) -> Outcome:
+def judge(variant: Variant, target: Target, console: Handshake, sent: Headers, answer: Answer) -> Outcome:
     """What a probe's answer means; `sent` are the headers of the variant, `console` the handshake it came from."""
     return Outcome(
         variant,
         answer.status,
-        next(iter(core.header_values(answer.headers, core.PROTOCOL_HEADER)), None),
+        next(iter(header_values(answer.headers, PROTOCOL_HEADER)), None),
         handshake_hint(Sent(target.path, target.query, sent, offered_protocols(console.headers), rule=None), answer),
     )
 
@@ -194,7 +197,7 @@ def tls_context(target: Target, cacert: str | None, insecure: bool) -> ssl.SSLCo
 
 
 async def exchange(
-    target: Target, headers: tuple[tuple[str, str], ...], tls: ssl.SSLContext | None, timeout: float
+    target: Target, headers: Headers, tls: ssl.SSLContext | None, timeout: float
 ) -> Answer:
     """Send one upgrade request on a new connection; read the answer's head and the start of its body."""
     async with asyncio.timeout(timeout):
@@ -211,7 +214,7 @@ async def exchange(
             writer.close()
 
 
-def _parse_head(head: bytes) -> tuple[int, tuple[tuple[str, str], ...]]:
+def _parse_head(head: bytes) -> tuple[int, Headers]:
     status_line, *lines = head.decode("latin-1").split("\r\n")
     version, _, rest = status_line.partition(" ")
     code = rest[:3]
@@ -221,9 +224,9 @@ def _parse_head(head: bytes) -> tuple[int, tuple[tuple[str, str], ...]]:
     return int(code), headers
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: tuple[tuple[str, str], ...]) -> bytes:
+async def _read_body(reader: asyncio.StreamReader, headers: Headers) -> bytes:
     """Up to BODY_SNIPPET bytes of the body: by Content-Length, chunks, or until the server closes."""
-    if "chunked" in [t.lower() for t in core.header_tokens(headers, "Transfer-Encoding")]:
+    if "chunked" in [t.lower() for t in header_elements(headers, "Transfer-Encoding")]:
         body = b""
         while len(body) < BODY_SNIPPET:
             size = int((await reader.readline()).partition(b";")[0].strip() or b"0", 16)
@@ -231,7 +234,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: tuple[tuple[str, str
                 break
             body += (await reader.readexactly(size + 2))[:-2]
         return body[:BODY_SNIPPET]
-    lengths = core.header_values(headers, "Content-Length")
+    lengths = header_values(headers, "Content-Length")
     try:
         return await reader.readexactly(min(int(lengths[0]), BODY_SNIPPET)) if lengths else await reader.read(BODY_SNIPPET)
     except asyncio.IncompleteReadError as e:

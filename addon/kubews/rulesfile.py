@@ -1,4 +1,4 @@
-"""Reading rules.yaml into typed rules, with errors that point at the file, line and column.
+"""Reading rules.yaml into a RuleSet, with errors that point at the file, line and column.
 
 Pure apart from reading the rules file and the token sources it names; no mitmproxy import.
 """
@@ -7,28 +7,19 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from k8s_ws_core import (
-    HOST_GLOB,
-    Auth,
-    ClientAuthorization,
-    OriginAction,
-    Rule,
-    TokenError,
-    TokenSource,
-    check_token,
-)
+from ._rules import HOST_GLOB, Auth, ClientAuthorization, OriginAction, Rule, RuleSet, StoredToken, TokenSource
+from ._tokens import TokenError, check_token
 
 RULE_KEYS = ("name", "hosts", "paths", "auth", "authorization", "user_agent", "origin", "token")
 
 
 def default_rules_path() -> Path:
     """The project's rules.yaml: beside addon/ in a clone, or where `pip install .` put it."""
-    beside = Path(__file__).resolve().parent.parent / "rules.yaml"
+    beside = Path(__file__).resolve().parents[2] / "rules.yaml"
     if beside.is_file():
         return beside
     return Path(sys.prefix) / "share" / "k8s-ws" / "rules.yaml"
@@ -42,17 +33,6 @@ class RulesError(ValueError):
         self.errors = errors
 
 
-@dataclass(frozen=True)
-class RuleSet:
-    path: str
-    rules: tuple[Rule, ...]
-    tokens: dict[str, str | TokenError]  # rule name -> its stored token, or why it can't be read
-
-    def watched_files(self) -> tuple[str, ...]:
-        """The rules file and every token file: a change to any of them means a reload."""
-        return (self.path, *(r.token.ref for r in self.rules if r.token and r.token.kind == "file"))
-
-
 def load_rules(path: str | os.PathLike) -> RuleSet:
     """Read and validate a rules file, then read the token sources it names."""
     path = str(path)
@@ -62,10 +42,10 @@ def load_rules(path: str | os.PathLike) -> RuleSet:
     except (OSError, UnicodeDecodeError) as e:
         raise RulesError([f"{path}:1:1: cannot read the rules file: {e}"]) from e
     rules = parse_rules(text, path)
-    return RuleSet(path, rules, {r.name: read_token(r.token) for r in rules if r.token})
+    return RuleSet(rules, {r.name: read_token(r.token) for r in rules if r.token}, path)
 
 
-def read_token(source: TokenSource) -> str | TokenError:
+def read_token(source: TokenSource) -> StoredToken:
     """The token a source holds, or the reason it holds none. The reason never quotes a token."""
     try:
         if source.kind == "env":

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from k8s_ws_core import BEARER_PREFIX, PROTOCOL_HEADER, header_tokens, header_values
+from ._headers import PROTOCOL_HEADER, Headers, header_elements, header_values
+from ._tokens import is_bearer_entry
 
 #: How much of an error body the hints look at.
 BODY_SNIPPET = 4096
@@ -38,7 +39,7 @@ class Sent:
 
     path: str  # query excluded
     query: str
-    headers: tuple[tuple[str, str], ...]
+    headers: Headers
     offered: tuple[str, ...]  # the protocols the client itself offered, bearer entries left out
     rule: str | None  # the rule that handled the request; None when no rule did
 
@@ -46,7 +47,7 @@ class Sent:
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: tuple[tuple[str, str], ...]
+    headers: Headers
     body: bytes | None  # the start of the body; None when it was not read
 
 
@@ -68,20 +69,20 @@ def shown_protocols(protocols: list[str] | tuple[str, ...]) -> str:
     """A protocol list for a message, bearer entries masked."""
     if not protocols:
         return "none"
-    return ", ".join("<bearer entry>" if p.startswith(BEARER_PREFIX) else p for p in protocols)
+    return ", ".join("<bearer entry>" if is_bearer_entry(p) else p for p in protocols)
 
 
-def offered_protocols(headers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+def offered_protocols(headers: Headers) -> tuple[str, ...]:
     """The protocols a request offers, bearer entries left out: what may be told and compared."""
-    return tuple(p for p in header_tokens(headers, PROTOCOL_HEADER) if not p.startswith(BEARER_PREFIX))
+    return tuple(p for p in header_elements(headers, PROTOCOL_HEADER) if not is_bearer_entry(p))
 
 
 def _protocols(sent: Sent) -> list[str]:
-    return header_tokens(sent.headers, PROTOCOL_HEADER)
+    return header_elements(sent.headers, PROTOCOL_HEADER)
 
 
 def _has_bearer_entry(sent: Sent) -> bool:
-    return any(p.startswith(BEARER_PREFIX) for p in _protocols(sent))
+    return any(is_bearer_entry(p) for p in _protocols(sent))
 
 
 def _has_authorization(sent: Sent) -> bool:

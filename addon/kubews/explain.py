@@ -1,7 +1,7 @@
 """`explain`: the rule a WebSocket upgrade would match and the request as it would be forwarded.
 
 Pure: one place for `k8s-ws explain` and the `kubews.explain` command. Credentials in the output
-are redacted with core.redact_header_value, as in the flows mitmproxy shows.
+are redacted with redact_header_value, as in the flows mitmproxy shows.
 """
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import k8s_ws_core as core
+from ._decision import Refuse, decide
+from ._handshake import Destination, Handshake
+from ._headers import Headers, header_values, is_websocket_upgrade
+from ._redaction import redact_header_value
+from ._rules import Rule, RuleSet, StoredToken
+from ._tokens import fingerprint
 
 _SCHEMES = {"https": "https", "wss": "https", "http": "http", "ws": "http"}
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -50,7 +55,7 @@ def parse_target(url: str) -> Target:
     return Target(scheme, parts.hostname, port, parts.path or "/", parts.query)
 
 
-def parse_header_lines(lines: list[str]) -> tuple[tuple[str, str], ...]:
+def parse_header_lines(lines: list[str]) -> Headers:
     """`Name: value` lines, as given to -H; the error names the line's position, never its value."""
     headers = []
     for position, line in enumerate(lines, 1):
@@ -61,23 +66,23 @@ def parse_header_lines(lines: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
-def upgrade_request(target: Target, headers: tuple[tuple[str, str], ...]) -> core.Handshake:
+def upgrade_request(target: Target, headers: Headers) -> Handshake:
     """A WebSocket upgrade to the target with these headers, as the proxy would see it in regular
     or reverse mode: Host, Connection and Upgrade added unless given."""
     given = {name.lower() for name, _ in headers}
     defaults = (("Host", target.host_header), ("Connection", "Upgrade"), ("Upgrade", "websocket"))
     headers = tuple(h for h in defaults if h[0].lower() not in given) + headers
-    return core.Handshake(
-        destinations=(core.Destination(target.host, verified=True),),
+    return Handshake(
+        destinations=(Destination(target.host, verified=True),),
         port=target.port,
         path=target.path,
         headers=headers,
         scheme=target.scheme,
-        host=next(iter(core.header_values(headers, "Host")), ""),
+        host_header=next(iter(header_values(headers, "Host")), ""),
     )
 
 
-def describe_rule(rule: core.Rule, stored: str | core.TokenError | None = None) -> str:
+def describe_rule(rule: Rule, stored: StoredToken | None = None) -> str:
     """A rule on one line; its token only as a fingerprint."""
     fields = [
         f"hosts {', '.join(rule.hosts)}",
@@ -88,42 +93,36 @@ def describe_rule(rule: core.Rule, stored: str | core.TokenError | None = None) 
         f"origin {rule.origin.value}",
     ]
     if rule.token is not None:
-        state = core.fingerprint(stored) if isinstance(stored, str) else f"cannot be read: {stored}"
+        state = fingerprint(stored) if isinstance(stored, str) else f"cannot be read: {stored}"
         fields.append(f"token {rule.token} ({state})")
     return f"rule '{rule.name}': " + "; ".join(fields)
 
 
-def describe_rules(path: str, rules: tuple[core.Rule, ...], tokens: dict[str, str | core.TokenError]) -> str:
-    lines = [f"{len(rules)} rules from {path}"]
-    lines += [f"  {describe_rule(rule, tokens.get(rule.name))}" for rule in rules]
+def describe_rules(ruleset: RuleSet) -> str:
+    lines = [f"{len(ruleset.rules)} rules from {ruleset.path}"]
+    lines += [f"  {describe_rule(rule, ruleset.stored_token(rule))}" for rule in ruleset.rules]
     return "\n".join(lines)
 
 
-def render_request(target: Target, headers: tuple[tuple[str, str], ...]) -> list[str]:
+def render_request(target: Target, headers: Headers) -> list[str]:
     lines = [f"GET {target.request_target} HTTP/1.1"]
-    return lines + [f"{name}: {core.redact_header_value(name, value)}" for name, value in headers]
+    return lines + [f"{name}: {redact_header_value(name, value)}" for name, value in headers]
 
 
-def explain(
-    rules: tuple[core.Rule, ...],
-    tokens: dict[str, str | core.TokenError],
-    target: Target,
-    headers: tuple[tuple[str, str], ...],
-) -> str:
+def explain(ruleset: RuleSet, target: Target, headers: Headers) -> str:
     """Which rule a WebSocket upgrade to target would match, and what would go upstream."""
     request = upgrade_request(target, headers)
-    verdict = core.decide(rules, tokens, request)
+    verdict = decide(ruleset, request)
     if verdict is None:
-        if not core.is_websocket_upgrade(request.headers):
+        if not is_websocket_upgrade(request.headers):
             why = "not a WebSocket upgrade (no Upgrade: websocket)"
         else:
             why = f"no rule's hosts and paths match {target.host}:{target.port} {target.path}"
         lines = [f"no rule: {why}", "forwarded unchanged:"]
         forwarded = request.headers
     else:
-        rule = next(r for r in rules if r.name == verdict.rule)
-        lines = [describe_rule(rule, tokens.get(rule.name))]
-        if isinstance(verdict, core.Refuse):
+        lines = [describe_rule(verdict.rule, ruleset.stored_token(verdict.rule))]
+        if isinstance(verdict, Refuse):
             return "\n".join([*lines, f"refused with {verdict.status}: {verdict.body.strip()}", "nothing is forwarded"])
         lines += [
             f"does: {', '.join(verdict.actions)}; token {verdict.fingerprint or 'none'}",

@@ -1,0 +1,205 @@
+"""The decision: what to do with a WebSocket handshake that a rule matched.
+
+A handshake is read once and changed once. Three jobs make the new headers: reading what the
+client offered (the bearer entries), placing the credentials where the rule's `auth` says, and
+adjusting the headers that give a browser away (User-Agent, Origin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._handshake import Handshake
+from ._headers import PROTOCOL_HEADER, Headers, header_index, replace_headers, split_elements
+from ._rules import USER_AGENT_KEEP, USER_AGENT_REMOVE, Auth, ClientAuthorization, OriginAction, Rule, RuleSet, StoredToken
+from ._tokens import TokenError, bearer_payload, decode_token, encode_token, fingerprint, is_bearer_entry
+
+
+def refusal_body(reason: str, rule: str | None = None) -> str:
+    """The one line k8s-ws answers a request with when it answers it itself; never holds a token."""
+    about = f"rule '{rule}': " if rule else ""
+    return f"k8s_ws: {about}{reason}\n"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Forward the request with these headers."""
+
+    rule: Rule
+    headers: Headers
+    actions: tuple[str, ...]  # what was done, for the log
+    fingerprint: str | None  # of the token that goes upstream, if any
+    # The rule's stored token was injected: it may go only to the destination the rule matched.
+    uses_stored_token: bool = False
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer the client ourselves; nothing goes upstream."""
+
+    rule: Rule
+    status: int
+    reason: str  # never contains a token
+
+    @property
+    def body(self) -> str:
+        return refusal_body(self.reason, self.rule.name)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Offer:
+    """What the client's protocol list holds."""
+
+    others: list[str]  # the protocols that are not bearer entries, in order
+    has_entries: bool  # at least one bearer entry, empty ones included
+    token: str | None  # the one token offered
+
+
+@dataclass
+class _Edits:
+    """Header changes in the order they were decided, and what they mean for the log."""
+
+    changes: dict[str, list[str]] = field(default_factory=dict)  # header -> its new lines (none: removed)
+    actions: list[str] = field(default_factory=list)
+
+    def set(self, header: str, lines: list[str]) -> None:
+        self.changes[header] = lines
+
+    def say(self, action: str) -> None:
+        self.actions.append(action)
+
+
+def decide(ruleset: RuleSet, request: Handshake) -> Forward | Refuse | None:
+    """What to do with a request: None when no rule applies (forward it untouched)."""
+    index = header_index(request.headers)
+    rule = ruleset.match(request, index.get("upgrade", []))
+    if rule is None:
+        return None
+    edits = _Edits()
+    try:
+        offer = _read_offer(index.get(PROTOCOL_HEADER.lower(), []))
+        used, injected = _place_credentials(
+            rule, ruleset.stored_token(rule), offer, index.get("authorization", []), edits
+        )
+    except _Refusal as refusal:
+        return Refuse(rule, refusal.status, refusal.reason)
+    _adjust_user_agent(rule, index.get("user-agent", []), edits)
+    _adjust_origin(rule, request, index.get("origin", []), edits)
+    return Forward(
+        rule=rule,
+        headers=replace_headers(request.headers, edits.changes),
+        actions=tuple(edits.actions) or ("nothing to change",),
+        fingerprint=fingerprint(used) if used is not None else None,
+        uses_stored_token=injected,
+    )
+
+
+def _read_offer(protocol_values: list[str]) -> _Offer:
+    """The client's protocols and its token; a refusal when the entries are not one clean token."""
+    protocols = split_elements(protocol_values)
+    entries = [p for p in protocols if is_bearer_entry(p)]
+    offered = []
+    for position, entry in enumerate(entries, 1):
+        try:
+            token = decode_token(bearer_payload(entry))
+        except TokenError as e:
+            raise _Refusal(400, f"bearer entry {position} in {PROTOCOL_HEADER} does not decode: {e}") from None
+        if token:  # an entry with an empty token counts as no token (facts §1)
+            offered.append(token)
+    if len(offered) > 1:
+        raise _Refusal(400, f"{len(offered)} bearer entries in {PROTOCOL_HEADER}; at most one is allowed")
+    return _Offer([p for p in protocols if not is_bearer_entry(p)], bool(entries), offered[0] if offered else None)
+
+
+def _place_credentials(
+    rule: Rule, stored: StoredToken | None, offer: _Offer, client_authorization: list[str], edits: _Edits
+) -> tuple[str | None, bool]:
+    """Put the token where the rule's `auth` says; return the token that goes upstream and whether
+    it is the rule's stored one."""
+    if offer.has_entries and not offer.others and rule.auth is Auth.HEADER:
+        raise _Refusal(
+            400,
+            f"no other protocol left in {PROTOCOL_HEADER} once the bearer entry is removed "
+            "(the server must have one to answer with)",
+        )
+    injected = _token_to_inject(rule, stored, offer, client_authorization)
+    # The client's own Authorization stays when the rule keeps it; otherwise the offered token wins.
+    client_keeps = bool(client_authorization) and rule.authorization is ClientAuthorization.KEEP
+    if rule.auth is Auth.SUBPROTOCOL:
+        _place_in_subprotocol(offer, injected, client_authorization, client_keeps, edits)
+    else:
+        _place_in_header(rule, offer, injected, client_authorization, client_keeps, edits)
+    return (injected if injected is not None else offer.token), injected is not None
+
+
+def _token_to_inject(rule: Rule, stored: StoredToken | None, offer: _Offer, client_authorization: list[str]) -> str | None:
+    """The rule's stored token, when the client sent no credentials of its own."""
+    if offer.token is not None or client_authorization or rule.token is None:
+        return None
+    if not isinstance(stored, str):
+        raise _Refusal(500, f"the token source ({rule.token}) cannot be read: {stored}")
+    return stored
+
+
+def _place_in_subprotocol(
+    offer: _Offer, injected: str | None, client_authorization: list[str], client_keeps: bool, edits: _Edits
+) -> None:
+    if injected is not None:
+        edits.set(PROTOCOL_HEADER, [", ".join([*offer.others, encode_token(injected)])])
+        edits.say("token injected as bearer entry")
+    elif offer.token is not None and client_authorization and not client_keeps:
+        edits.set("Authorization", [])
+        edits.say("client Authorization removed, bearer entry kept")
+    elif offer.token is not None:
+        edits.say("token kept in subprotocol")
+
+
+def _place_in_header(
+    rule: Rule, offer: _Offer, injected: str | None, client_authorization: list[str], client_keeps: bool, edits: _Edits
+) -> None:
+    """`auth: header` (the bearer entry removed) or `both` (kept)."""
+    if rule.auth is Auth.HEADER and offer.has_entries:
+        edits.set(PROTOCOL_HEADER, [", ".join(offer.others)])
+    if injected is not None:
+        edits.set("Authorization", [f"Bearer {injected}"])
+        edits.say("token injected as Authorization")
+    elif offer.token is not None and client_keeps:
+        edits.say("client Authorization kept")
+    elif offer.token is not None:
+        edits.set("Authorization", [f"Bearer {offer.token}"])
+        edits.say("token replaced client Authorization" if client_authorization else "token moved to Authorization")
+    if offer.has_entries:
+        edits.say("bearer entry removed" if rule.auth is Auth.HEADER else "bearer entry kept")
+
+
+def _adjust_user_agent(rule: Rule, agents: list[str], edits: _Edits) -> None:
+    if rule.user_agent == USER_AGENT_KEEP:
+        return
+    if rule.user_agent == USER_AGENT_REMOVE:
+        if agents:
+            edits.say("User-Agent removed")
+        edits.set("User-Agent", [])
+        return
+    if agents != [rule.user_agent]:
+        edits.say("User-Agent replaced")
+    edits.set("User-Agent", [rule.user_agent])
+
+
+def _adjust_origin(rule: Rule, request: Handshake, origins: list[str], edits: _Edits) -> None:
+    if not origins or rule.origin is OriginAction.KEEP:
+        return
+    if rule.origin is OriginAction.REMOVE:
+        edits.say("Origin removed")
+        edits.set("Origin", [])
+        return
+    matching = f"{request.scheme}://{request.host_header}"
+    if origins != [matching]:
+        edits.say("Origin set to match Host")
+    edits.set("Origin", [matching])

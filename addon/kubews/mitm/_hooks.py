@@ -1,0 +1,229 @@
+"""The addon: mitmproxy's options and hooks, each handing its flow to the collaborator whose job it is.
+
+- the rules watcher (`_watcher`) holds the rules in force; `_commands` are mitmproxy commands;
+- the core (`kubews.decide`) says what to do with a handshake; `_flows` converts both ways;
+- the secret keeper (`_secrets`) keeps credentials out of what mitmproxy shows and saves;
+- the pins (`_pinning`) keep a stored token on the destination its rule matched;
+- the relay (`_relay`) relays accepted streams; `_report` writes log lines and hints;
+- `_record` is what the addon keeps on a flow it handled.
+
+Each flow hook first applies mitmproxy's own guard: a flow that another addon already answered
+(`flow.response`), failed or killed (`flow.error`, `not flow.live`) is left alone. Hiding
+credentials is the exception: it is never wrong, so it applies to every flow.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mitmproxy import ctx, exceptions, http, tcp
+
+from .. import Refuse, decide, refusal_body
+from ..hints import offered_protocols
+from ..rulesfile import RulesError, default_rules_path
+from . import _flows, _record, _report
+from ._commands import Commands
+from ._pinning import Pins
+from ._record import Handled, Stage
+from ._relay import Relay
+from ._secrets import RevealBeforeSend, SecretKeeper
+from ._watcher import RulesWatcher
+
+
+def _taken(flow: http.HTTPFlow) -> bool:
+    """Answered, failed or killed by another addon (or loaded from a file): not ours to change."""
+    return bool(flow.response or flow.error or not flow.live)
+
+
+class K8sWs:
+    """Applies the rules to WebSocket upgrades and keeps credentials out of sight."""
+
+    def __init__(self) -> None:
+        self.rules = RulesWatcher()
+        self.secrets = SecretKeeper()
+        self.pins = Pins()
+        self.relay = Relay()
+        self._reveal = RevealBeforeSend(self._send)
+        self.addons = [Commands(self.rules)]  # mitmproxy registers sub-addons and their commands
+
+    # --- options and lifecycle --------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        loader.add_option("k8s_ws_rules", str, str(default_rules_path()), "k8s-ws: path of the rules file.")
+        loader.add_option(
+            "k8s_ws_show_tokens",
+            bool,
+            False,
+            "k8s-ws: show tokens and Authorization values in flows, logs and saved files "
+            "(off: they are replaced by their sha256 fingerprint).",
+        )
+        loader.add_option(
+            "k8s_ws_inspect",
+            bool,
+            False,
+            "k8s-ws: let mitmproxy parse and show the messages of the streams a rule handled "
+            "(off: they are relayed as raw bytes once the handshake is through, and not kept).",
+        )
+        loader.add_option(
+            "k8s_ws_inspect_history",
+            int,
+            100,
+            "k8s-ws: with k8s_ws_inspect, how many of the latest messages of a handled stream "
+            "its flow keeps (at least 1).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "k8s_ws_inspect_history" in updated and ctx.options.k8s_ws_inspect_history < 1:
+            raise exceptions.OptionsError("k8s_ws_inspect_history must be at least 1")
+        if "k8s_ws_rules" in updated:
+            try:
+                self.rules.load(os.path.expanduser(ctx.options.k8s_ws_rules))
+            except RulesError as e:
+                raise exceptions.OptionsError(str(e)) from e
+
+    def running(self) -> None:
+        if self._reveal not in ctx.master.addons.chain:
+            ctx.master.addons.add(self._reveal)
+        self.rules.start()
+
+    def done(self) -> None:
+        self.rules.stop()
+        if self._reveal in ctx.master.addons.chain:
+            ctx.master.addons.remove(self._reveal)
+        self.secrets.forget_all()
+
+    # --- the handshake ----------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        taken = _taken(flow)
+        try:
+            if not taken:
+                self._apply_rules(flow)
+            if not ctx.options.k8s_ws_show_tokens:
+                self.secrets.hide(flow)
+                if taken:
+                    self.secrets.forget(flow)  # nothing of it goes upstream from here
+        except Exception as e:
+            self._fail_closed(flow, e)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        # After a streamed body, the real headers revealed at `requestheaders` are still in.
+        self.secrets.rehide(flow)
+
+    def _apply_rules(self, flow: http.HTTPFlow) -> None:
+        if self.rules.ruleset is None:
+            return
+        request = _flows.handshake(flow, ssl_insecure=ctx.options.ssl_insecure)
+        verdict = decide(self.rules.ruleset, request)
+        if verdict is None:
+            return
+        if isinstance(verdict, Refuse):
+            _record.write(flow, Handled(verdict.rule.name, Stage.REFUSED, reason=verdict.reason, status=verdict.status))
+            _flows.answer(flow, verdict.status, verdict.body)
+            _report.refused(flow, flow.request.host, verdict.reason)
+            return
+        _record.write(
+            flow,
+            Handled(
+                verdict.rule.name,
+                Stage.FORWARDED,
+                actions=verdict.actions,
+                fingerprint=verdict.fingerprint,
+                offered=offered_protocols(request.headers),
+            ),
+        )
+        _flows.set_headers(flow.request, verdict.headers)
+        if verdict.uses_stored_token:
+            self.pins.pin(flow)
+
+    def _send(self, flow: http.HTTPFlow) -> None:
+        """The last moment before mitmproxy writes the request upstream: the real credentials go
+        back in, unless the request now goes somewhere its stored token must not."""
+        try:
+            moved_from = self.pins.moved_from(flow)
+            if moved_from is None:
+                self.secrets.reveal(flow)
+                return
+            record = _record.read(flow)
+            reason = (
+                f"the request was redirected to {flow.request.host}:{flow.request.port} after the rule "
+                "matched; its stored token is not sent there"
+            )
+            _record.write(flow, record.replace(stage=Stage.REFUSED, reason=reason, status=500))
+            _report.refused(flow, moved_from, f"rule '{record.rule}': {reason}")
+            _flows.answer(flow, 500, refusal_body(reason, record.rule))
+            self.secrets.forget(flow)
+        except Exception as e:
+            self._fail_closed(flow, e)
+
+    def _fail_closed(self, flow: http.HTTPFlow, e: Exception) -> None:
+        """Answer 500 rather than let mitmproxy forward a request we may have half changed."""
+        _report.internal_error(e)
+        record = _record.read(flow)
+        reason = f"internal error ({type(e).__name__}); nothing was forwarded"
+        _flows.answer(flow, 500, refusal_body(reason, record and record.rule))
+        try:
+            self.secrets.hide(flow)
+            self.secrets.forget(flow)
+        except Exception:
+            flow.request.headers.fields = ()  # last resort: show nothing rather than a secret
+
+    # --- the answer -------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.secrets.forget(flow)
+        if flow.error or not flow.live:
+            return
+        record = _record.read(flow)
+        if record is not None and record.stage is Stage.FORWARDED:
+            record = record.replace(
+                stage=Stage.ANSWERED,
+                status=flow.response.status_code,
+                protocol=_report.chosen_protocol(flow.response),
+            )
+            _record.write(flow, record)
+            _report.handled(flow, record)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.secrets.forget(flow)
+        if not flow.live:
+            return
+        record = _record.read(flow)
+        if record is not None and record.stage is Stage.FORWARDED:
+            record = record.replace(stage=Stage.FAILED, error=flow.error.msg)
+            _record.write(flow, record)
+            _report.handled(flow, record)
+        hint = _report.transport_hint(flow)
+        if hint and _report.is_hinted(flow, record):
+            self._hint(flow, record, "error", hint)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.error or not flow.live:
+            return
+        record = _record.read(flow)
+        if record is not None and record.stage is Stage.ANSWERED and flow.response.status_code == 101:
+            relay = self.relay.choose(flow, inspect=ctx.options.k8s_ws_inspect, rawtcp=ctx.options.rawtcp)
+            _record.write(flow, record := record.replace(relay=relay))
+        if _report.is_hinted(flow, record):
+            hint = _report.answer_hint(flow, record)
+            if hint:
+                self._hint(flow, record, flow.response.status_code, hint)
+
+    @staticmethod
+    def _hint(flow: http.HTTPFlow, record: Handled | None, status: int | str, hint) -> None:
+        if record is not None:
+            _record.write(flow, record.replace(hint=str(hint)))  # for mitmweb and saved flows
+        _report.failed_handshake(flow, record, status, hint)
+
+    # --- the stream -------------------------------------------------------------------------
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if flow.error or not flow.live:
+            return
+        if _record.read(flow) is not None:
+            self.relay.bound_history(flow, ctx.options.k8s_ws_inspect_history)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        if flow.error or not flow.live:
+            return
+        self.relay.tcp_start(flow)

@@ -1,0 +1,84 @@
+"""The addon's log lines, and the hints for failed handshakes, from flows and their records.
+
+Every line starts with "k8s_ws:" and names the path without its query; none holds a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from mitmproxy import http
+
+from .. import PROTOCOL_HEADER, hints, is_k8s_api_path, is_websocket_upgrade, redact_header_value, split_target
+from ._flows import request_path, str_headers
+from ._record import Handled, Stage
+
+logger = logging.getLogger("k8s_ws")
+
+#: How mitmproxy is told to trust an upstream's private CA, for the TLS hint.
+TLS_FIX = (
+    "start mitmproxy with --set ssl_verify_upstream_trusted_ca=FILE, FILE holding the upstream's CA "
+    "(for Rancher, the certificate-authority-data of its kubeconfig)"
+)
+
+
+def handled(flow: http.HTTPFlow, record: Handled) -> None:
+    """The line for a handshake a rule handled, once the upstream answered (or failed to)."""
+    line = (
+        f"k8s_ws: rule '{record.rule}' {flow.request.host} {request_path(flow)}: "
+        f"{', '.join(record.actions)}; token {record.fingerprint or 'none'}; "
+        f"upstream {record.outcome()}, protocol {record.protocol or 'none'}"
+    )
+    if record.stage is Stage.FAILED:
+        logger.warning(line)
+    else:
+        logger.info(line)
+
+
+def refused(flow: http.HTTPFlow, host: str, reason: str) -> None:
+    logger.warning(f"k8s_ws: refused {request_path(flow)} on {host}: {reason}")
+
+
+def failed_handshake(flow: http.HTTPFlow, record: Handled | None, status: int | str, hint: hints.Hint) -> None:
+    who = f"rule '{record.rule}'" if record else "no rule"
+    logger.warning(f"k8s_ws: {who} {flow.request.host} {request_path(flow)}: upstream {status}: {hint}")
+
+
+def internal_error(e: Exception) -> None:
+    # The exception's message may quote header values: log where it happened, not what it says.
+    where = "".join(traceback.format_list(traceback.extract_tb(e.__traceback__)))
+    logger.error(f"k8s_ws: internal error ({type(e).__name__}); the request was not forwarded\n{where}")
+
+
+def is_hinted(flow: http.HTTPFlow, record: Handled | None) -> bool:
+    """A handshake whose failure gets a hint: one a rule forwarded, or one on a Kubernetes API
+    path that no rule matched."""
+    if record is not None:
+        return record.forwarded()
+    return is_k8s_api_path(request_path(flow)) and is_websocket_upgrade(str_headers(flow.request.headers))
+
+
+def answer_hint(flow: http.HTTPFlow, record: Handled | None) -> hints.Hint | None:
+    """What the upstream's answer to a handshake means, when it means that it failed."""
+    headers = str_headers(flow.request.headers)  # redacted by now: hints only test for credentials
+    path, query = split_target(flow.request.path)
+    sent = hints.Sent(
+        path=path,
+        query=query,
+        headers=headers,
+        offered=record.offered if record else hints.offered_protocols(headers),
+        rule=record and record.rule,
+    )
+    body = flow.response.get_content(strict=False)  # None when streamed
+    return hints.handshake_hint(sent, hints.Answer(flow.response.status_code, str_headers(flow.response.headers), body))
+
+
+def transport_hint(flow: http.HTTPFlow) -> hints.Hint | None:
+    return flow.error and hints.transport_hint(flow.error.msg, TLS_FIX)
+
+
+def chosen_protocol(response: http.Response) -> str | None:
+    """The protocol a 101 chose, as it may be shown."""
+    protocol = response.headers.get(PROTOCOL_HEADER)
+    return protocol and redact_header_value(PROTOCOL_HEADER, protocol)
