@@ -1,0 +1,75 @@
+"""What the tests share: test tokens, bearer-entry encoders, the forms a leaked token takes,
+browser header values, and mitmproxy flow builders.
+
+Encoders are written here from the facts, independently of kubews, so that a test never checks
+the code against its own output.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import urlsplit
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import tflow
+
+# Rancher tokens are name:key (facts §4). TOKEN is the one in handshakes.yaml's chromium vector.
+TOKEN = "token-abcde:" + "k" * 54
+KUBECONFIG_TOKEN = "kubeconfig-u-abcde:" + "q" * 54  # 73 bytes: its standard base64 ends in "=="
+SCOPED_TOKEN = "token-scoped:" + "s" * 54  # cluster-scoped: valid on one cluster only
+# Chosen so that their encodings differ by alphabet:
+DASH_UNDERSCORE_TOKEN = "token-dashu:kk~kk?" + "k" * 48  # base64url has '-' and '_', so base64 has '+' and '/'
+PLUS_TOKEN = "token-plusx:kk~" + "k" * 51  # base64 has '+' and no '/': a browser can send its btoa()
+ODD = ">>>>>?"  # short: base64url "Pj4-Pj4_", standard "Pj4+Pj4/"
+#: The tokens the test server accepts.
+TOKENS = frozenset({TOKEN, KUBECONFIG_TOKEN, SCOPED_TOKEN, DASH_UNDERSCORE_TOKEN, PLUS_TOKEN})
+
+BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
+
+BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.8078.108 Safari/537.36"
+PAGE_ORIGIN = "http://127.0.0.1:4466"  # a console's page: not the Host of anything upstream
+#: What Headlamp <= 0.34 offers for exec, before its bearer entry (facts §5).
+HEADLAMP_EXEC_PROTOCOLS = ("base64.binary.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
+
+
+def b64url(text: str, pad: bool = False) -> str:
+    encoded = base64.urlsafe_b64encode(text.encode()).decode()
+    return encoded if pad else encoded.rstrip("=")
+
+
+def b64std(text: str, pad: bool = False) -> str:
+    encoded = base64.b64encode(text.encode()).decode()
+    return encoded if pad else encoded.rstrip("=")
+
+
+def standard_entry(token: str) -> str:
+    """Headlamp's and OpenShift's bearer entry: btoa(token) with '=' removed (facts §5)."""
+    return BEARER_PREFIX + b64std(token)
+
+
+def base64url_entry(token: str) -> str:
+    """The entry kube-apiserver documents, and Gardener sends: base64url without padding."""
+    return BEARER_PREFIX + b64url(token)
+
+
+def secret_forms(token: str) -> list[str]:
+    """Every form in which a token could leak: as is, and in either base64 alphabet, padded or not."""
+    return list(dict.fromkeys([token, b64std(token), b64url(token), b64std(token, pad=True), b64url(token, pad=True)]))
+
+
+def upgrade_flow(
+    url: str,
+    *headers: tuple[str, str],
+    mode: str = "regular",
+    upgrade: bool = True,
+) -> http.HTTPFlow:
+    """A tflow of a request to url (its Host from the URL), as a WebSocket upgrade unless told."""
+    request = http.Request.make("GET", url)
+    fields = [(b"Host", urlsplit(url).netloc.encode())]
+    if upgrade:
+        fields += [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
+    request.headers.fields = (*fields, *((k.encode(), v.encode()) for k, v in headers))
+    flow = tflow.tflow(req=request)
+    flow.client_conn.proxy_mode = ProxyMode.parse(mode)
+    return flow
