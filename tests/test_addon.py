@@ -1,23 +1,20 @@
 """The addon against mitmproxy's own test doubles (taddons, tflow): the thin layer's duties."""
 
 import asyncio
-import base64
 import logging
 
 import pytest
 from mitmproxy import exceptions, hooks, http
+from mitmproxy import io as mitmproxy_io
 from mitmproxy.addons import export
-from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
-from kubews.mitm import _hooks, _watcher
-from kubews.mitm import K8sWs
-from kubews import BEARER_PREFIX, fingerprint
+from helpers import BEARER_PREFIX, BROWSER_UA, PAGE_ORIGIN, TOKEN, standard_entry, upgrade_flow
+from kubews import fingerprint
+from kubews.mitm import K8sWs, _hooks, _watcher
 
-TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
-ENTRY = BEARER_PREFIX + base64.b64encode(TOKEN.encode()).decode().rstrip("=")
+ENTRY = standard_entry(TOKEN)
 EXEC = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec?command=sh&stdout=1"
-BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/156.0.8078.108 Safari/537.36"
 RULES = """\
 rules:
   - name: rancher
@@ -49,27 +46,15 @@ def addon(rules_file, monkeypatch):
         yield addon
 
 
-def upgrade(host="rancher.test", path=EXEC, headers=(), scheme="https", port=443, mode="regular"):
-    request = http.Request.make(
-        "GET",
-        f"{scheme}://{host}:{port}{path}",
-        headers=[
-            (b"Host", host.encode()),
-            (b"Connection", b"Upgrade"),
-            (b"Upgrade", b"websocket"),
-            *((k.encode(), v.encode()) for k, v in headers),
-        ],
-    )
-    flow = tflow.tflow(req=request)
-    flow.client_conn.proxy_mode = ProxyMode.parse(mode)
-    return flow
+def upgrade(host="rancher.test", path=EXEC, headers=(), mode="regular"):
+    return upgrade_flow(f"https://{host}{path}", *headers, mode=mode)
 
 
 def headlamp_exec(**kwargs):
     return upgrade(
         headers=[
             ("User-Agent", BROWSER_UA),
-            ("Origin", "http://127.0.0.1:4466"),
+            ("Origin", PAGE_ORIGIN),
             ("Sec-WebSocket-Protocol", f"base64.binary.k8s.io, v4.channel.k8s.io, channel.k8s.io, {ENTRY}"),
         ],
         **kwargs,
@@ -157,10 +142,14 @@ def test_show_tokens_keeps_the_real_values_in_the_flow(addon):
 @pytest.mark.parametrize(
     "flow_factory",
     [
-        # an upgrade no rule matches (a plain kube-apiserver): the entry passes as sent
-        lambda: upgrade(host="other.test", headers=[("Sec-WebSocket-Protocol", f"x,{ENTRY}")]),
-        # kubectl's plain request: Authorization passes as sent
-        lambda: tflow.tflow(req=http.Request.make("GET", "https://rancher.test/api", headers={"Authorization": "Bearer kc-token"})),
+        pytest.param(
+            lambda: upgrade(host="other.test", headers=[("Sec-WebSocket-Protocol", f"x,{ENTRY}")]),
+            id="an upgrade no rule matches: its bearer entry passes as sent",
+        ),
+        pytest.param(
+            lambda: upgrade_flow("https://rancher.test/api", ("Authorization", "Bearer kc-token"), upgrade=False),
+            id="kubectl's plain request: its Authorization passes as sent",
+        ),
     ],
 )
 def test_untouched_requests_go_upstream_byte_for_byte_but_are_shown_redacted(addon, flow_factory):
@@ -223,10 +212,10 @@ def test_a_redirected_request_with_the_clients_own_token_is_not_refused(addon):
 @pytest.mark.parametrize(
     "address, sni, ssl_insecure, injected",
     [
-        ("10.0.0.9", None, False, True),  # the original destination address names the rule's host
-        ("10.0.0.1", "kube.test", False, True),  # SNI, and mitmproxy verifies the upstream for it
-        ("10.0.0.1", "kube.test", True, False),  # SNI without verification is the client's word
-        ("10.0.0.1", None, False, False),  # only the Host header says kube.test
+        pytest.param("10.0.0.9", None, False, True, id="the original destination address names the rule's host"),
+        pytest.param("10.0.0.1", "kube.test", False, True, id="SNI, which mitmproxy verifies the upstream for"),
+        pytest.param("10.0.0.1", "kube.test", True, False, id="SNI without verification is the client's word"),
+        pytest.param("10.0.0.1", None, False, False, id="only the Host header names the host"),
     ],
 )
 def test_transparent_mode_injects_only_on_a_real_destination(addon, address, sni, ssl_insecure, injected):
@@ -375,3 +364,158 @@ def test_token_file_change_is_picked_up(tmp_path, monkeypatch):
         tctx.configure(addon, k8s_ws_rules=str(rules))
         assert addon.rules.ruleset.tokens["t"] == "first"
         asyncio.run(scenario())
+
+
+# --- flows another addon took: mitmproxy's guard (as its own addons' test_taken) ----------------
+
+
+def answered_by_another_addon(flow):
+    flow.response = http.Response.make(418, b"a script answered", {"Content-Type": "text/plain"})
+
+
+def killed_by_another_addon(flow):
+    flow.kill()
+
+
+def failed_before_us(flow):
+    flow.error = tflow.terr()
+
+
+def loaded_from_a_file(flow):
+    flow.live = False
+
+
+TAKEN = [
+    pytest.param(answered_by_another_addon, id="answered by another addon"),
+    pytest.param(killed_by_another_addon, id="killed by another addon"),
+    pytest.param(failed_before_us, id="failed before k8s-ws saw it"),
+    pytest.param(loaded_from_a_file, id="not live: loaded from a file"),
+]
+
+
+@pytest.mark.parametrize("take", TAKEN)
+def test_a_taken_flow_is_not_refused(addon, take):
+    # Two bearer entries: k8s-ws would refuse it with its own 400.
+    flow = upgrade(headers=[("Sec-WebSocket-Protocol", f"a, {ENTRY}, {BEARER_PREFIX}b3RoZXI")])
+    take(flow)
+    before = (flow.response and flow.response.status_code, flow.error)
+    addon.requestheaders(flow)
+    assert (flow.response and flow.response.status_code, flow.error) == before
+    assert "k8s_ws" not in flow.metadata
+
+
+@pytest.mark.parametrize("take", TAKEN)
+def test_a_taken_flow_is_not_rewritten_but_its_credentials_are_hidden_for_good(addon, take):
+    flow = headlamp_exec()
+    take(flow)
+    addon.requestheaders(flow)
+    assert "Authorization" not in flow.request.headers  # no rule applied
+    assert ENTRY not in str(flow.request.headers) and TOKEN not in str(flow.request.headers)
+    reveal(addon, flow)  # nothing goes upstream: nothing is put back
+    assert ENTRY not in str(flow.request.headers) and TOKEN not in str(flow.request.headers)
+
+
+def test_a_flow_answered_after_the_rewrite_gets_no_relay_and_no_hint(addon, caplog):
+    flow = headlamp_exec()
+    send(addon, flow)
+    answered_by_another_addon(flow)  # e.g. a script's `request` hook, after k8s-ws's requestheaders
+    flow.live = False
+    with caplog.at_level(logging.INFO, logger="k8s_ws"):
+        addon.response(flow)
+    assert caplog.records == []
+    assert flow.metadata["k8s_ws"]["stage"] == "forwarded" and "relay" not in flow.metadata["k8s_ws"]
+
+
+def test_a_killed_flow_gets_no_line(addon, caplog):
+    flow = headlamp_exec()
+    send(addon, flow)
+    killed_by_another_addon(flow)
+    with caplog.at_level(logging.INFO, logger="k8s_ws"):
+        addon.error(flow)
+    assert caplog.records == []
+    assert TOKEN not in str(flow.request.headers)
+
+
+# --- what the addon keeps on a flow -------------------------------------------------------------
+
+
+def saved_and_loaded(flow, tmp_path):
+    path = tmp_path / "flows"
+    with open(path, "wb") as f:
+        mitmproxy_io.FlowWriter(f).add(flow)
+    with open(path, "rb") as f:
+        (loaded,) = list(mitmproxy_io.FlowReader(f).stream())
+    return loaded
+
+
+def test_the_record_follows_the_handshake_through_its_stages(addon):
+    flow = headlamp_exec()
+    addon.requestheaders(flow)
+    assert flow.metadata["k8s_ws"] == {
+        "rule": "rancher",
+        "stage": "forwarded",
+        "actions": ["token moved to Authorization", "bearer entry removed", "Origin set to match Host"],
+        "fingerprint": fingerprint(TOKEN),
+        "offered": ["base64.binary.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"],
+    }
+    send(addon, flow)
+    answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
+    assert flow.metadata["k8s_ws"]["stage"] == "answered"
+    assert (flow.metadata["k8s_ws"]["status"], flow.metadata["k8s_ws"]["protocol"]) == (101, "v4.channel.k8s.io")
+
+
+def test_a_refusal_is_recorded_with_its_status_and_reason(addon):
+    flow = upgrade(headers=[("Sec-WebSocket-Protocol", ENTRY)])
+    addon.requestheaders(flow)
+    record = flow.metadata["k8s_ws"]
+    assert (record["stage"], record["status"]) == ("refused", 400)
+    assert "no other protocol left" in record["reason"]
+
+
+def test_a_failed_connection_is_recorded_and_logged_as_a_warning(addon, caplog):
+    flow = headlamp_exec()
+    send(addon, flow)
+    flow.error = tflow.terr("connect failed")
+    with caplog.at_level(logging.INFO, logger="k8s_ws"):
+        addon.error(flow)
+    assert flow.metadata["k8s_ws"]["stage"] == "failed"
+    (line,) = [r for r in caplog.records if "rule 'rancher'" in r.getMessage()]
+    assert line.levelno == logging.WARNING and "upstream error: connect failed" in line.getMessage()
+
+
+def test_a_handled_flow_saves_and_loads_with_its_record_and_no_token(addon, tmp_path):
+    flow = headlamp_exec()
+    send(addon, flow)
+    answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
+    loaded = saved_and_loaded(flow, tmp_path)
+    assert loaded.metadata["k8s_ws"] == flow.metadata["k8s_ws"]
+    assert TOKEN not in str(loaded.get_state()) and ENTRY not in str(loaded.get_state())
+
+
+@pytest.mark.parametrize("answered", [pytest.param(True, id="saved answered"), pytest.param(False, id="saved in flight")])
+def test_a_loaded_flow_goes_through_the_hooks_unchanged(addon, tmp_path, answered):
+    # mitmdump -r replays a saved flow's hooks with flow.live false: nothing may be refused or rewritten.
+    flow = headlamp_exec()
+    addon.requestheaders(flow)
+    addon.request(flow)
+    if answered:
+        reveal(addon, flow)
+        answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
+        addon.response(flow)
+    loaded = saved_and_loaded(flow, tmp_path)
+    if not answered:  # as the file has it, with an answer that came later
+        loaded.response = http.Response.make(101, b"", {"Sec-WebSocket-Protocol": "v4.channel.k8s.io"})
+    state = loaded.get_state()
+    for hook in (addon.requestheaders, addon.request, addon.responseheaders, addon.response):
+        hook(loaded)
+    assert loaded.get_state() == state
+
+
+def test_done_hides_the_credentials_of_requests_in_flight(addon):
+    # A request revealed for sending and not yet answered holds the real token; unloading the
+    # addon (script reload, shutdown) must not leave it there for mitmweb or -w to show.
+    flow = headlamp_exec()
+    send(addon, flow)
+    assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    addon.done()
+    assert TOKEN not in str(flow.request.headers)

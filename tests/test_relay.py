@@ -8,7 +8,6 @@ then the dumper at flow_detail 4 and a recorder for what comes after (later scri
 view, `-w`), which also does to each flow what mitmweb and `-w` do.
 """
 
-import base64
 import gc
 import io
 
@@ -27,10 +26,9 @@ from mitmproxy.test import taddons, tflow
 from mitmproxy.tools.web.app import flow_to_json
 from mitmproxy.websocket import WebSocketData
 
+from helpers import TOKEN, base64url_entry
 from kubews.mitm import K8sWs
-from kubews import BEARER_PREFIX
 
-TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
 EXEC = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec?command=sh&stdin=1"
 RULES = """\
 rules:
@@ -83,7 +81,7 @@ class Chain:
 
     def upgrade(self, *, path=EXEC, status=101) -> http.HTTPFlow:
         """A WebSocket upgrade through the addon's hooks, as mitmproxy runs them, up to `response`."""
-        entry = BEARER_PREFIX + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
+        entry = base64url_entry(TOKEN)
         request = http.Request.make(
             "GET",
             f"https://rancher.test{path}",
@@ -285,3 +283,26 @@ def test_unhandled_websocket_keeps_every_message(chain):
     for i in range(40):
         driver.feed(events.DataReceived(flow.client_conn, client_frame(b"message %d" % i)))
     assert len(flow.websocket.messages) == 40
+
+
+# --- streams another addon took: mitmproxy's guard --------------------------------------------
+
+
+def test_a_stream_another_addon_killed_at_its_start_is_left_alone(chain):
+    upgrade = chain.upgrade()
+    chain.before.tcp_start = lambda flow: flow.kill()  # an addon ahead of k8s-ws, e.g. a script
+    _, flow = tcp_relay(chain, upgrade)
+    assert type(flow) is tcp.TCPFlow  # not made into a relayed flow...
+    assert chain.after.hooks(flow) == ["tcp_start"]  # ... nor hidden from the addons after k8s-ws
+
+
+def test_the_messages_of_a_killed_stream_are_left_alone(chain):
+    chain.tctx.configure(chain.addon, k8s_ws_inspect=True, k8s_ws_inspect_history=5)
+    flow = chain.upgrade()
+    driver = websocket_relay(chain, flow)
+    for i in range(10):
+        driver.feed(events.DataReceived(flow.client_conn, client_frame(b"message %d" % i)))
+    flow.websocket.messages.extend(flow.websocket.messages[:3])  # as mitmproxy appends before the hook
+    flow.kill()
+    chain.addon.websocket_message(flow)
+    assert len(flow.websocket.messages) == 8
