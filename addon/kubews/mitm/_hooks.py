@@ -20,8 +20,8 @@ from mitmproxy import ctx, exceptions, http, tcp
 
 from .. import Refuse, decide, refusal_body
 from ..hints import offered_protocols
-from ..rulesfile import RulesError, default_rules_path
-from . import _flows, _record, _report
+from ..rulesfile import RulesError
+from . import _flows, _options, _record, _report
 from ._commands import Commands
 from ._pinning import Pins
 from ._record import Handled, Stage
@@ -49,28 +49,7 @@ class K8sWs:
     # --- options and lifecycle --------------------------------------------------------------
 
     def load(self, loader) -> None:
-        loader.add_option("k8s_ws_rules", str, str(default_rules_path()), "k8s-ws: path of the rules file.")
-        loader.add_option(
-            "k8s_ws_show_tokens",
-            bool,
-            False,
-            "k8s-ws: show tokens and Authorization values in flows, logs and saved files "
-            "(off: they are replaced by their sha256 fingerprint).",
-        )
-        loader.add_option(
-            "k8s_ws_inspect",
-            bool,
-            False,
-            "k8s-ws: let mitmproxy parse and show the messages of the streams a rule handled "
-            "(off: they are relayed as raw bytes once the handshake is through, and not kept).",
-        )
-        loader.add_option(
-            "k8s_ws_inspect_history",
-            int,
-            100,
-            "k8s-ws: with k8s_ws_inspect, how many of the latest messages of a handled stream "
-            "its flow keeps (at least 1).",
-        )
+        _options.add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
         if "k8s_ws_inspect_history" in updated and ctx.options.k8s_ws_inspect_history < 1:
@@ -203,7 +182,8 @@ class K8sWs:
         record = _record.read(flow)
         if record is not None and record.stage is Stage.ANSWERED and flow.response.status_code == 101:
             relay = self.relay.choose(flow, inspect=ctx.options.k8s_ws_inspect, rawtcp=ctx.options.rawtcp)
-            _record.write(flow, record := record.replace(relay=relay))
+            record = record.replace(relay=relay)
+            _record.write(flow, record)
         if _report.is_hinted(flow, record):
             hint = _report.answer_hint(flow, record)
             if hint:
