@@ -10,7 +10,17 @@ import traceback
 
 from mitmproxy import http
 
-from .. import PROTOCOL_HEADER, hints, is_k8s_api_path, is_websocket_upgrade, redact_header_value, split_target
+from .. import (
+    PROTOCOL_HEADER,
+    RuleSet,
+    TokenError,
+    hints,
+    is_k8s_api_path,
+    is_websocket_upgrade,
+    redact_header_value,
+    split_target,
+)
+from ..rulesfile import RulesError
 from ._flows import request_path, str_headers
 from ._record import Handled, Stage
 
@@ -21,6 +31,17 @@ TLS_FIX = (
     "start mitmproxy with --set ssl_verify_upstream_trusted_ca=FILE, FILE holding the upstream's CA "
     "(for Rancher, the certificate-authority-data of its kubeconfig)"
 )
+
+
+def rules_in_force(ruleset: RuleSet, verb: str) -> None:
+    logger.info(f"k8s_ws: {verb} {len(ruleset.rules)} rules from {ruleset.path}")
+    for name, token in ruleset.tokens.items():
+        if isinstance(token, TokenError):
+            logger.warning(f"k8s_ws: rule '{name}': its token source cannot be read: {token}")
+
+
+def rules_broken(error: RulesError, in_force: RuleSet) -> None:
+    logger.error(f"{error}\nk8s_ws: keeping the last good rules ({len(in_force.rules)} rules)")
 
 
 def handled(flow: http.HTTPFlow, record: Handled) -> None:

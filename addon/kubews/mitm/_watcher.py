@@ -9,13 +9,11 @@ which a poll of the file's stat sees like any other edit.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 
-from .. import RuleSet, TokenError
+from .. import RuleSet
 from ..rulesfile import RulesError, load_rules
-
-logger = logging.getLogger("k8s_ws")
+from . import _report
 
 #: How often the rules file (and the token files it names) are checked for changes.
 RELOAD_POLL_SECONDS = 0.5
@@ -49,7 +47,7 @@ class RulesWatcher:
             ruleset = load_rules(self.ruleset.path)
         except RulesError as e:
             self._seen = _file_states(self.ruleset.watched_files())  # report each broken edit once
-            logger.error(f"{e}\nk8s_ws: keeping the last good rules ({len(self.ruleset.rules)} rules)")
+            _report.rules_broken(e, self.ruleset)
             return False
         self._use(ruleset, "reloaded")
         return True
@@ -66,10 +64,7 @@ class RulesWatcher:
     def _use(self, ruleset: RuleSet, verb: str) -> None:
         self.ruleset = ruleset
         self._seen = _file_states(ruleset.watched_files())
-        logger.info(f"k8s_ws: {verb} {len(ruleset.rules)} rules from {ruleset.path}")
-        for name, token in ruleset.tokens.items():
-            if isinstance(token, TokenError):
-                logger.warning(f"k8s_ws: rule '{name}': its token source cannot be read: {token}")
+        _report.rules_in_force(ruleset, verb)
 
     async def _poll(self) -> None:
         while True:
