@@ -1,6 +1,6 @@
-"""The addon: mitmproxy's options and hooks, each handing its flow to the collaborator whose job it is.
+"""The addon: mitmproxy's hooks, each handing its flow to the collaborator whose job it is.
 
-- the rules watcher (`_watcher`) holds the rules in force; `_commands` are mitmproxy commands;
+- `_options` declares the options; the rules watcher (`_watcher`) holds the rules in force; `_commands` are mitmproxy commands;
 - the core (`kubews.decide`) says what to do with a handshake; `_flows` converts both ways;
 - the secret keeper (`_secrets`) keeps credentials out of what mitmproxy shows and saves;
 - the pins (`_pinning`) keep a stored token on the destination its rule matched;
