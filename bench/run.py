@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import os
 import platform
@@ -50,15 +49,14 @@ import mitmproxy.version
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "addon"))
+sys.path[:0] = [str(ROOT / "addon"), str(ROOT / "tests")]
 
 import kubews  # noqa: E402
+# The client sends the tests' token and browser headers (tests/helpers.py).
+from helpers import BROWSER_UA, PAGE_ORIGIN, TOKEN, base64url_entry  # noqa: E402
 from kubews.rulesfile import load_rules  # noqa: E402
 
-TOKEN = "token-bench:" + "k" * 54
-ENTRY = kubews.BEARER_PREFIX + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
-BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36"
-PAGE_ORIGIN = "http://localhost:4466"
+ENTRY = base64url_entry(TOKEN)
 EXEC = "/k8s/clusters/c-m-bench/api/v1/namespaces/default/pods/{pod}/exec?command=sh&stdin=1&stdout=1&tty=1"
 
 SETUPS = ("direct", "plain mitmdump", "addon, inspect off", "addon, inspect on")
@@ -320,9 +318,9 @@ def report(measured: dict, rounds: int, load: tuple[float, float]) -> str:
         f"{os.cpu_count()} CPUs, load average {load[0]:.2f} before, {load[1]:.2f} after",
         f"median (lowest-highest) of {rounds} rounds",
         "",
-        "| " + " | ".join(h.ljust(w) for h, w in zip(["", *SETUPS], widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(["", *SETUPS], widths, strict=True)) + " |",
         "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|",
-        *("| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]) + " |" for row in table),
+        *("| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))]) + " |" for row in table),
         "",
         "rule decision (kubews.decide, a Chromium exec handshake that the last rule matches), median "
         "(10th percentile): " + ", ".join(f"{median:.1f} µs ({fast:.1f}) with {count:,} rule{'s' * (count > 1)}"
@@ -331,7 +329,7 @@ def report(measured: dict, rounds: int, load: tuple[float, float]) -> str:
 
     def ratio(key: str, setup: str, reference: str) -> float:
         # Within a round the setups run back to back: the ratio of a round is the least noisy.
-        return statistics.median(a / b for a, b in zip(per_round[setup][key], per_round[reference][key]))
+        return statistics.median(a / b for a, b in zip(per_round[setup][key], per_round[reference][key], strict=True))
 
     def per_100k(setup: str) -> float:
         return per_round[setup]["rss"][0] * 100_000 / RSS_MESSAGES

@@ -1,10 +1,30 @@
 """Fixtures shared by the end-to-end modules: one test PKI, test server and mitmdump of each
-kind per module (module scope keeps each module's server records to itself)."""
+kind per module (module scope keeps each module's server records to itself).
+
+And a guard at collection: no test id may hold a test token in any form, since ids are printed
+(progress, failures, -v, junit files) and the tests' whole point is that tokens are never shown.
+"""
 
 import pytest
 
+import helpers
 from fake_rancher import FakeServer, make_test_pki
 from mitmdump_harness import Mitmdump
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m / -k deselect: every collected test is checked
+def pytest_collection_modifyitems(config, items):
+    forms = {form for token in helpers.TOKENS for form in helpers.secret_forms(token)}
+    for item in items:
+        leaked = [form for form in forms if form in item.nodeid]
+        if leaked:
+            shown = item.nodeid
+            for form in sorted(leaked, key=len, reverse=True):
+                shown = shown.replace(form, "<token>")
+            raise pytest.UsageError(
+                f"the test id {shown} holds a test token (shown here as <token>): give its "
+                "parametrize a readable id, e.g. pytest.param(..., id=\"two bearer entries\") or ids=[...]"
+            )
 
 
 @pytest.fixture(scope="module")

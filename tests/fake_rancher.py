@@ -33,18 +33,11 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMes
 from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 
-# Rancher tokens are name:key (§4). TOKEN is the one in handshakes.yaml's chromium vector.
-TOKEN = "token-abcde:" + "k" * 54
-KUBECONFIG_TOKEN = "kubeconfig-u-abcde:" + "q" * 54  # 73 bytes: its standard base64 ends in "=="
-SCOPED_TOKEN = "token-scoped:" + "s" * 54  # cluster-scoped: valid on HEALTHY only
-# The base64 of a token made of letters, digits, ':' and '-' never holds '+' or '/' (nor '-' or '_'
-# in base64url): only '~' / '>' (giving '+') and '?' (giving '/') at an offset of 2 mod 3 do.
-DASH_UNDERSCORE_TOKEN = "token-dashu:kk~kk?" + "k" * 48  # base64url has '-' and '_', so base64 has '+' and '/'
-PLUS_TOKEN = "token-plusx:kk~" + "k" * 51  # base64 has '+' and no '/': a browser can send its btoa()
-TOKENS = frozenset({TOKEN, KUBECONFIG_TOKEN, SCOPED_TOKEN, DASH_UNDERSCORE_TOKEN, PLUS_TOKEN})
+# The test tokens (Rancher's name:key, §4) live in helpers.py, beside the tests that use them. This
+# server accepts every one of TOKENS; SCOPED_TOKEN is valid on HEALTHY only.
+from helpers import BEARER_PREFIX, SCOPED_TOKEN, TOKEN, TOKENS
 
 HEALTHY, LOCAL, DEAD, PENDING = "c-m-healthy", "local", "c-m-dead", "c-m-pending"  # any other id: unknown
-BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
 
 # Subprotocols per endpoint (§2). Exec refuses an empty offer: this server is stricter than the
 # kubelet there, which would take it for channel.k8s.io.

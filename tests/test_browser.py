@@ -41,8 +41,13 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fake_rancher import DASH_UNDERSCORE_TOKEN, HEALTHY, KUBECONFIG_TOKEN, LOCAL, PLUS_TOKEN, TOKEN
+from fake_rancher import HEALTHY, LOCAL
+# standard_entry: Headlamp's and OpenShift's encoding, base64url_entry: Gardener's; computed in Python
+# to check the page's btoa() and its base64url.
+from helpers import DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, TOKEN, base64url_entry, standard_entry
 from mitmdump_harness import ROOT
+
+pytestmark = pytest.mark.e2e  # Chromium, mitmdump and the test server
 
 VECTORS = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())
 CHROMIUM_VECTOR = VECTORS["chromium-156-headlamp-exec"]
@@ -50,22 +55,11 @@ VECTOR_PROTOCOLS = [p.strip() for p in dict(CHROMIUM_VECTOR["headers"])["Sec-Web
 # Headlamp 0.34's exec list without the token element, which the page appends itself (facts §5)
 HEADLAMP_EXEC = VECTOR_PROTOCOLS[:-1]
 EXEC_QUERY = CHROMIUM_VECTOR["request"].split()[1].partition("?")[2]  # command=sh&stdin=1&stdout=1&tty=1
-PREFIX = "base64url.bearer.authorization.k8s.io."
 PAGE = Path(__file__).with_name("browser_page.html")
 
 # The issue's flags for a closed network, and a fresh profile per run.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
-
-
-def standard_entry(token: str) -> str:
-    """Headlamp's and OpenShift's encoding, computed here to check the page's btoa()."""
-    return PREFIX + base64.b64encode(token.encode()).decode().replace("=", "")
-
-
-def base64url_entry(token: str) -> str:
-    """Gardener's encoding."""
-    return PREFIX + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
 # --- the browser and its page -----------------------------------------------------------------------

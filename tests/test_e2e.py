@@ -21,29 +21,23 @@ import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from fake_rancher import DASH_UNDERSCORE_TOKEN, HEALTHY, KUBECONFIG_TOKEN, LOCAL, TOKEN
+from fake_rancher import HEALTHY, LOCAL
+from helpers import (BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PAGE_ORIGIN, TOKEN,
+                     base64url_entry, secret_forms, standard_entry)
 from mitmdump_harness import ROOT, Mitmdump
+
+pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
 
 VECTORS = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())
 CHROMIUM = VECTORS["chromium-156-headlamp-exec"]
 CHROMIUM_HEADERS = dict(CHROMIUM["headers"])
-BROWSER_UA = CHROMIUM_HEADERS["User-Agent"]
-PAGE_ORIGIN = CHROMIUM_HEADERS["Origin"]
 EXEC_PROTOCOLS = [p.strip() for p in CHROMIUM_HEADERS["Sec-WebSocket-Protocol"].split(",")]
 EXEC_QUERY = CHROMIUM["request"].split()[1].partition("?")[2]
-PREFIX = "base64url.bearer.authorization.k8s.io."
 assert CHROMIUM["token"] == TOKEN  # the test server knows the vector's token
-
-def headlamp_entry(token: str) -> str:
-    """Headlamp <= 0.34's encoding: btoa(token) with '=' removed (facts §5)."""
-    return PREFIX + base64.b64encode(token.encode()).decode().rstrip("=")
+assert CHROMIUM_HEADERS["User-Agent"] == BROWSER_UA  # the clients below send the vector's User-Agent
 
 def exec_path(cluster: str = HEALTHY, namespace: str = "default") -> str:
     return f"/k8s/clusters/{cluster}/api/v1/namespaces/{namespace}/pods/p/exec?{EXEC_QUERY}"
-
-def secret_forms(token: str) -> list[str]:
-    raw = token.encode()
-    return [token, base64.b64encode(raw).decode().rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("=")]
 
 # --- fixtures (pki, rancher, apiserver, reverse, regular: conftest.py) -------------------------
 
@@ -184,7 +178,7 @@ def assert_exec_worked(outcome, record, rancher):
     assert outcome.messages[1] == b"\x01hello from exec\n"  # stdout on channel 1 (facts §2)
     assert record.status == 101
     assert record.header_lines("Authorization") == [f"Bearer {TOKEN}"]
-    assert PREFIX not in (record.header("Sec-WebSocket-Protocol") or "")
+    assert BEARER_PREFIX not in (record.header("Sec-WebSocket-Protocol") or "")
     assert record.header("Sec-WebSocket-Protocol") == "base64.binary.k8s.io, v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io"
     # Rancher's origin check passed: a browser User-Agent, and the Origin names the Host (facts §4)
     assert "Mozilla" in record.header("User-Agent")
@@ -192,17 +186,17 @@ def assert_exec_worked(outcome, record, rancher):
 
 def test_headlamp_exec_through_reverse_mode(reverse, rancher):
     path = exec_path(namespace="reverse-exec")
-    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", [*EXEC_PROTOCOLS[:-1], headlamp_entry(TOKEN)])
+    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)])
     assert_exec_worked(outcome, latest(rancher, "reverse-exec"), rancher)
 
 def test_headlamp_exec_through_regular_mode_with_connect(regular, rancher):
     path = exec_path(namespace="regular-exec")
     context = ssl.create_default_context(cafile=regular.ca_cert)  # the client trusts mitmproxy's CA
-    outcome = open_ws(f"wss://{rancher.host}{path}", [*EXEC_PROTOCOLS[:-1], headlamp_entry(TOKEN)], ssl_context=context, proxy=regular.url)
+    outcome = open_ws(f"wss://{rancher.host}{path}", [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)], ssl_context=context, proxy=regular.url)
     assert_exec_worked(outcome, latest(rancher, "regular-exec"), rancher)
 
 def test_the_vectors_entry_is_the_headlamp_encoding():
-    assert EXEC_PROTOCOLS[-1] == headlamp_entry(TOKEN)
+    assert EXEC_PROTOCOLS[-1] == standard_entry(TOKEN)
 
 def test_the_same_handshake_straight_to_rancher_fails_as_rancher_makes_it_fail(rancher, client_ssl):
     url = f"wss://{rancher.host}{exec_path(namespace='direct')}"
@@ -216,20 +210,20 @@ def test_watch_through_origin_match_host_returns_an_event(reverse, rancher):
     # Headlamp 0.34's watch: base64.binary.k8s.io plus the entry; the watch needs an Origin and
     # exactly one protocol left (facts §2).
     path = f"/k8s/clusters/{HEALTHY}/api/v1/namespaces/watch-ns/pods?watch=1"
-    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", ["base64.binary.k8s.io", headlamp_entry(TOKEN)], messages=1)
+    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", ["base64.binary.k8s.io", standard_entry(TOKEN)], messages=1)
     assert outcome.status == 101 and outcome.protocol == "base64.binary.k8s.io"
     assert json.loads(outcome.messages[0])["type"] == "ADDED"
     assert latest(rancher, "watch-ns").header("Sec-WebSocket-Protocol") == "base64.binary.k8s.io"
 
 def test_log_follow_and_local_cluster(reverse, rancher):
     path = f"/k8s/clusters/{LOCAL}/api/v1/namespaces/log-ns/pods/p/log?container=c&follow=true&timestamps=true"
-    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", ["base64.binary.k8s.io", headlamp_entry(TOKEN)], messages=2)
+    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", ["base64.binary.k8s.io", standard_entry(TOKEN)], messages=2)
     assert outcome.status == 101 and outcome.protocol == "base64.binary.k8s.io"
     assert base64.b64decode(outcome.messages[1]) == b"line 1\n"
 
 def test_k8s_proxy_alias_and_openshift_order(reverse, rancher):
     path = f"/k8s/proxy/{HEALTHY}/api/v1/namespaces/alias-ns/pods/p/exec?command=sh&stdout=1"
-    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", [headlamp_entry(TOKEN), "v4.channel.k8s.io"])
+    outcome = open_ws(f"ws://127.0.0.1:{reverse.port}{path}", [standard_entry(TOKEN), "v4.channel.k8s.io"])
     assert outcome.status == 101 and outcome.messages[1] == b"\x01hello from exec\n"
     assert latest(rancher, "alias-ns").header_lines("Authorization") == [f"Bearer {TOKEN}"]
 
@@ -238,7 +232,7 @@ def test_shipped_rules_leave_other_kubernetes_servers_untouched(tmp_path, apiser
     # accepts it itself (facts §1).
     with Mitmdump(tmp_path, mode=f"reverse:{apiserver.url}", upstream_ca=pki.ca_cert) as proxy:
         path = "/api/v1/namespaces/shipped-plain/pods/p/exec?command=sh&stdout=1"
-        protocols = ["v4.channel.k8s.io", headlamp_entry(TOKEN).replace("=", "")]
+        protocols = ["v4.channel.k8s.io", standard_entry(TOKEN)]
         outcome = open_ws(f"ws://127.0.0.1:{proxy.port}{path}", protocols, user_agent="kubectl/v1.32.4", origin=None)
     assert outcome.status == 101
     record = latest(apiserver, "shipped-plain")
@@ -249,13 +243,13 @@ def test_shipped_rules_leave_other_kubernetes_servers_untouched(tmp_path, apiser
 @pytest.mark.parametrize(
     "namespace, expect",
     [
-        ("ua-remove", {"User-Agent": [], "Origin": [PAGE_ORIGIN]}),  # no browser UA: no origin check
-        ("ua-string", {"User-Agent": ["k8s-ws-test/1.0"], "Origin": [PAGE_ORIGIN]}),
-        ("origin-remove", {"User-Agent": [BROWSER_UA], "Origin": []}),  # no Origin passes
+        pytest.param("ua-remove", {"User-Agent": [], "Origin": [PAGE_ORIGIN]}, id="ua-remove"),  # no browser UA: no origin check
+        pytest.param("ua-string", {"User-Agent": ["k8s-ws-test/1.0"], "Origin": [PAGE_ORIGIN]}, id="ua-string"),
+        pytest.param("origin-remove", {"User-Agent": [BROWSER_UA], "Origin": []}, id="origin-remove"),  # no Origin passes
     ],
 )
 def test_user_agent_and_origin_fields(fields, rancher, namespace, expect):
-    outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace=namespace)}", [*EXEC_PROTOCOLS[:-1], headlamp_entry(TOKEN)])
+    outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace=namespace)}", [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)])
     assert outcome.status == 101, outcome
     record = latest(rancher, namespace)
     for name, lines in expect.items():
@@ -263,23 +257,29 @@ def test_user_agent_and_origin_fields(fields, rancher, namespace, expect):
     assert record.header_lines("Authorization") == [f"Bearer {TOKEN}"]
 
 def test_origin_keep_meets_rancher_origin_check(fields, rancher):
-    outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace='origin-keep')}", [*EXEC_PROTOCOLS[:-1], headlamp_entry(TOKEN)])
+    outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace='origin-keep')}", [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)])
     assert outcome.status == 403 and b"origin not allowed" in outcome.body
     assert latest(rancher, "origin-keep").header_lines("Authorization") == [f"Bearer {TOKEN}"]
 
 @pytest.mark.parametrize(
     "namespace, sent_authorization",
-    [("auth-keep", f"Bearer {KUBECONFIG_TOKEN}"), ("auth-replace", f"Bearer {TOKEN}")],
+    [
+        pytest.param("auth-keep", f"Bearer {KUBECONFIG_TOKEN}", id="auth-keep"),
+        pytest.param("auth-replace", f"Bearer {TOKEN}", id="auth-replace"),
+    ],
 )
 def test_authorization_field(fields, rancher, namespace, sent_authorization):
     headers = [("Authorization", f"Bearer {KUBECONFIG_TOKEN}")]
-    outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace=namespace)}", ["v4.channel.k8s.io", headlamp_entry(TOKEN)], headers=headers)
+    outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace=namespace)}", ["v4.channel.k8s.io", standard_entry(TOKEN)], headers=headers)
     assert outcome.status == 101
     record = latest(rancher, namespace)
     assert record.header_lines("Authorization") == [sent_authorization]
     assert record.header("Sec-WebSocket-Protocol") == "v4.channel.k8s.io"
 
-@pytest.mark.parametrize("namespace, token", [("token-env", TOKEN), ("token-file", KUBECONFIG_TOKEN)])
+@pytest.mark.parametrize(
+    "namespace, token",
+    [pytest.param("token-env", TOKEN, id="token-env"), pytest.param("token-file", KUBECONFIG_TOKEN, id="token-file")],
+)
 def test_token_field_injects_a_stored_token(fields, rancher, namespace, token):
     # e.g. a console that relies on a cookie, or no credentials at all
     outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace=namespace)}", ["v4.channel.k8s.io"])
@@ -303,7 +303,7 @@ def test_stored_token_never_follows_a_redirect_by_another_addon(tmp_path, ranche
 
 
 def test_both_sets_the_header_and_keeps_the_entry(fields, rancher):
-    entry = headlamp_entry(TOKEN)
+    entry = standard_entry(TOKEN)
     outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace='both')}", ["v4.channel.k8s.io", entry])
     assert outcome.status == 101 and outcome.protocol == "v4.channel.k8s.io"
     record = latest(rancher, "both")
@@ -312,7 +312,7 @@ def test_both_sets_the_header_and_keeps_the_entry(fields, rancher):
 
 def test_subprotocol_mode_against_a_plain_apiserver(apiserver_proxy, apiserver):
     # Gardener's encoding: true base64url, first (facts §5); kube-apiserver reads it (facts §1).
-    entry = PREFIX + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
+    entry = base64url_entry(TOKEN)
     path = "/api/v1/namespaces/subprotocol-ns/pods/p/exec?command=sh&stdout=1"
     outcome = open_ws(f"ws://127.0.0.1:{apiserver_proxy.port}{path}", [entry, "v4.channel.k8s.io"], user_agent="Mozilla/5.0", origin=None)
     assert outcome.status == 101 and outcome.messages[1] == b"\x01hello from exec\n"
@@ -339,7 +339,7 @@ def test_unmatched_upgrade_passes_byte_for_byte(fields, rancher):
         ("User-Agent", "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"),
         ("Sec-WebSocket-Version", "13"),
         ("Sec-WebSocket-Key", "tQiJAFM2bZVrbS1r8ywACA=="),
-        ("sec-websocket-protocol", f"v4.channel.k8s.io ,  {headlamp_entry(TOKEN)}"),
+        ("sec-websocket-protocol", f"v4.channel.k8s.io ,  {standard_entry(TOKEN)}"),
         ("Sec-WebSocket-Protocol", "channel.k8s.io"),
         ("Authorization", f"Bearer {TOKEN}"),
         ("X-Odd", "\u00e9t\u00e9"),
@@ -365,9 +365,11 @@ def test_plain_requests_pass_byte_for_byte(reverse, rancher):
 @pytest.mark.parametrize(
     "namespace, protocols, status, reason",
     [
-        ("refuse-two", ["v4.channel.k8s.io", headlamp_entry(TOKEN), headlamp_entry(KUBECONFIG_TOKEN)], 400, "2 bearer entries"),
-        ("refuse-undecodable", ["v4.channel.k8s.io", PREFIX + "a"], 400, "does not decode"),
-        ("refuse-alone", [headlamp_entry(TOKEN)], 400, "no other protocol left"),
+        pytest.param("refuse-two", ["v4.channel.k8s.io", standard_entry(TOKEN), standard_entry(KUBECONFIG_TOKEN)], 400,
+                     "2 bearer entries", id="two bearer entries"),
+        pytest.param("refuse-undecodable", ["v4.channel.k8s.io", BEARER_PREFIX + "a"], 400, "does not decode",
+                     id="an entry that does not decode"),
+        pytest.param("refuse-alone", [standard_entry(TOKEN)], 400, "no other protocol left", id="the entry alone"),
     ],
 )
 def test_refusals_never_reach_the_server(reverse, rancher, namespace, protocols, status, reason):
@@ -399,10 +401,10 @@ def test_no_token_in_output_at_flow_detail_4_nor_in_a_flow_file(tmp_path, ranche
     with proxy:
         base = f"ws://127.0.0.1:{proxy.port}"
         assert open_ws(base + exec_path(namespace="leak-stored"), ["v4.channel.k8s.io"], user_agent="curl/8").status == 101
-        assert open_ws(base + exec_path(namespace="leak-exec"), [*EXEC_PROTOCOLS[:-1], headlamp_entry(TOKEN)]).status == 101
-        assert open_ws(base + exec_path(namespace="leak-refused"), [headlamp_entry(TOKEN)]).status == 400
+        assert open_ws(base + exec_path(namespace="leak-exec"), [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)]).status == 101
+        assert open_ws(base + exec_path(namespace="leak-refused"), [standard_entry(TOKEN)]).status == 400
         # an upgrade no rule handles, and kubectl's plain request with Authorization
-        other = open_ws(base + "/k8s/clusters/x/v1/leak-other", ["a", headlamp_entry(KUBECONFIG_TOKEN)], user_agent="curl/8")
+        other = open_ws(base + "/k8s/clusters/x/v1/leak-other", ["a", standard_entry(KUBECONFIG_TOKEN)], user_agent="curl/8")
         assert other.status == 401
         head = f"GET /k8s/clusters/{HEALTHY}/api/v1/namespaces/leak-plain/pods/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KUBECONFIG_TOKEN}\r\nCookie: R_SESS={TOKEN}\r\nConnection: close\r\n\r\n"
         assert raw_exchange(proxy.port, head.encode()).startswith(b"HTTP/1.1 200")
@@ -418,7 +420,7 @@ def test_show_tokens_puts_them_back_in_the_output(tmp_path, rancher, pki):
     # The other side of the two tests above: the option works, and those tests can see a token.
     options = {"flow_detail": 2, "k8s_ws_show_tokens": True}
     with Mitmdump(tmp_path, mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert, options=options) as proxy:
-        outcome = open_ws(f"ws://127.0.0.1:{proxy.port}{exec_path(namespace='shown')}", ["v4.channel.k8s.io", headlamp_entry(TOKEN)])
+        outcome = open_ws(f"ws://127.0.0.1:{proxy.port}{exec_path(namespace='shown')}", ["v4.channel.k8s.io", standard_entry(TOKEN)])
         assert outcome.status == 101
         proxy.wait_for_output("Bearer " + TOKEN)
 
@@ -438,7 +440,7 @@ def test_rules_change_is_applied_within_2_seconds_and_a_broken_edit_keeps_the_la
     rules.write_text(allow.replace("127.0.0.1", "elsewhere.example"))
     with Mitmdump(tmp_path, mode=f"reverse:{rancher.url}", rules=rules, upstream_ca=pki.ca_cert) as proxy:
         url = f"ws://127.0.0.1:{proxy.port}{exec_path(namespace='live')}"
-        protocols = ["v4.channel.k8s.io", headlamp_entry(TOKEN)]
+        protocols = ["v4.channel.k8s.io", standard_entry(TOKEN)]
         assert open_ws(url, protocols).status == 403  # no rule for this host yet: Rancher refuses
         rules.write_text(allow)
         changed = time.monotonic()
@@ -473,7 +475,7 @@ def test_no_token_in_mitmweb_nor_in_a_har_file(tmp_path, rancher, pki):
         # mitmweb's UI follows flows live over /updates: listen to everything it broadcasts.
         async with connect(f"ws://127.0.0.1:{web_port}/updates", proxy=None, max_size=None) as updates:
             base = f"ws://127.0.0.1:{proxy.port}"
-            outcome = await _open(base + exec_path(namespace="web-exec"), [*EXEC_PROTOCOLS[:-1], headlamp_entry(TOKEN)])
+            outcome = await _open(base + exec_path(namespace="web-exec"), [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)])
             assert outcome.status == 101
             broadcast = []
             try:

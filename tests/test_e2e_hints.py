@@ -16,12 +16,12 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from fake_rancher import DEAD, HEALTHY, LOCAL, PENDING, SCOPED_TOKEN, TOKEN
+from fake_rancher import DEAD, HEALTHY, LOCAL, PENDING
+from helpers import BROWSER_UA, HEADLAMP_EXEC_PROTOCOLS, PAGE_ORIGIN, SCOPED_TOKEN, TOKEN, secret_forms, standard_entry
 from mitmdump_harness import Mitmdump
 
-BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.8078.108 Safari/537.36"
-PAGE_ORIGIN = "http://127.0.0.1:4466"  # a Headlamp page: not the Host of anything upstream
-EXEC_PROTOCOLS = ["base64.binary.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
+pytestmark = pytest.mark.e2e  # a mitmdump process, the test server and a stub server
+
 RULES = """\
 rules:
   - name: keep-entry
@@ -59,16 +59,6 @@ class DropUpgrade:
 
 addons = [DropUpgrade()]
 """
-
-
-def headlamp_entry(token: str) -> str:
-    """Headlamp <= 0.34's bearer entry: btoa(token) with '=' removed (facts §5)."""
-    return "base64url.bearer.authorization.k8s.io." + base64.b64encode(token.encode()).decode().rstrip("=")
-
-
-def secret_forms(token: str) -> list[str]:
-    raw = token.encode()
-    return [token, base64.b64encode(raw).decode().rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("=")]
 
 
 class _WrongProtocolHandler(socketserver.StreamRequestHandler):
@@ -123,7 +113,7 @@ def handshake(proxy, url, protocols, *, token=TOKEN, authorization=None, user_ag
         try:
             async with connect(
                 url,
-                subprotocols=[*protocols, *([headlamp_entry(token)] if token else [])],
+                subprotocols=[*protocols, *([standard_entry(token)] if token else [])],
                 additional_headers=headers,
                 user_agent_header=user_agent,
                 origin=origin,
@@ -160,7 +150,7 @@ def pods(rancher, cluster=HEALTHY, namespace="default"):
 
 
 def test_token_left_in_subprotocol(proxy, rancher):
-    start = handshake(proxy, f"{pods(rancher, namespace='keep-entry')}/pods/p/exec?stdout=1", EXEC_PROTOCOLS)
+    start = handshake(proxy, f"{pods(rancher, namespace='keep-entry')}/pods/p/exec?stdout=1", HEADLAMP_EXEC_PROTOCOLS)
     line = hint_line(proxy, start, "rule 'keep-entry'", "401")
     assert "never the bearer entry" in line and "set auth: header in rule 'keep-entry'" in line
 
@@ -181,14 +171,14 @@ def test_cluster_scoped_token_elsewhere(proxy, rancher):
 
 
 def test_origin_not_allowed_names_the_rule_field(proxy, rancher):
-    start = handshake(proxy, f"{pods(rancher, namespace='keep-origin')}/pods/p/exec?stdout=1", EXEC_PROTOCOLS)
+    start = handshake(proxy, f"{pods(rancher, namespace='keep-origin')}/pods/p/exec?stdout=1", HEADLAMP_EXEC_PROTOCOLS)
     line = hint_line(proxy, start, "rule 'keep-origin'", "403")
     assert f"Origin ({PAGE_ORIGIN})" in line and f"Host ({rancher.host})" in line
     assert "set origin: match-host in rule 'keep-origin'" in line
 
 
 def test_origin_not_allowed_without_a_rule(proxy, rancher):
-    start = handshake(proxy, f"wss://{rancher.host}/k8s/proxy/{HEALTHY}/api/v1/namespaces/default/pods/p/exec?stdout=1", EXEC_PROTOCOLS)
+    start = handshake(proxy, f"wss://{rancher.host}/k8s/proxy/{HEALTHY}/api/v1/namespaces/default/pods/p/exec?stdout=1", HEADLAMP_EXEC_PROTOCOLS)
     line = hint_line(proxy, start, "no rule", "403")
     assert f"add one for {rancher.host} with origin: match-host" in line
 
@@ -215,7 +205,7 @@ def test_watch_with_the_entry_left(proxy, rancher):
 
 
 def test_a_hop_that_drops_upgrade(proxy, rancher):
-    start = handshake(proxy, f"{pods(rancher, namespace='drop-upgrade')}/pods/p/exec?stdout=1", EXEC_PROTOCOLS)
+    start = handshake(proxy, f"{pods(rancher, namespace='drop-upgrade')}/pods/p/exec?stdout=1", HEADLAMP_EXEC_PROTOCOLS)
     line = hint_line(proxy, start, "rule 'rancher'", "400")
     assert '"Upgrade request required"' in line and "dropped the Upgrade" in line
 
@@ -226,9 +216,9 @@ def test_a_hop_that_drops_upgrade(proxy, rancher):
 @pytest.mark.parametrize(
     "cluster, status, meaning",
     [
-        (DEAD, 502, "cannot reach cluster 'c-m-dead'"),
-        ("c-m-unknown", 404, "knows no cluster 'c-m-unknown'"),
-        (PENDING, 503, "'c-m-pending' is not available"),
+        pytest.param(DEAD, 502, "cannot reach cluster 'c-m-dead'", id="dead"),
+        pytest.param("c-m-unknown", 404, "knows no cluster 'c-m-unknown'", id="unknown"),
+        pytest.param(PENDING, 503, "'c-m-pending' is not available", id="pending"),
     ],
 )
 def test_cluster_errors(proxy, rancher, cluster, status, meaning):

@@ -21,10 +21,13 @@ import pytest
 from mitmproxy import io as mitmproxy_io
 from websockets.asyncio.client import connect
 
-from fake_rancher import EXEC_OUTPUT, HEALTHY, SUCCESS, TOKEN
+from fake_rancher import EXEC_OUTPUT, HEALTHY, SUCCESS
+from helpers import TOKEN, base64url_entry
 from mitmdump_harness import ADDON, Mitmdump
 
-ENTRY = "base64url.bearer.authorization.k8s.io." + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
+pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
+
+ENTRY = base64url_entry(TOKEN)
 PODS = f"/k8s/clusters/{HEALTHY}/api/v1/namespaces/default/pods/p"
 EXEC = f"{PODS}/exec?command=sh&stdin=1&stdout=1"
 ATTACH = f"{PODS}/attach?stdin=1&stdout=1"  # no rule for it below: mitmproxy's usual relay
@@ -200,7 +203,8 @@ def assert_relayed_raw(proxy: Mitmdump, client_port: int) -> None:
 # --- correctness under raw relay ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("protocol", ["v4.channel.k8s.io", "v5.channel.k8s.io", "v4.base64.channel.k8s.io"])
+@pytest.mark.parametrize("protocol", ["v4.channel.k8s.io", "v5.channel.k8s.io", "v4.base64.channel.k8s.io"],
+                         ids=["v4", "v5", "v4.base64"])
 def test_exec_channels_both_ways_and_close_from_the_client(raw, protocol):
     async def scenario():
         async with session(raw, protocol=protocol) as ws:
@@ -250,7 +254,7 @@ def test_permessage_deflate_is_negotiated_end_to_end(raw, rancher):
     assert_relayed_raw(raw, port)
 
 
-@pytest.mark.parametrize("compression", ["deflate", None])
+@pytest.mark.parametrize("compression", ["deflate", None], ids=["deflate", "no compression"])
 def test_large_messages(raw, compression):
     big = os.urandom(4 * 1024 * 1024 + 3)
 

@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
-from fake_rancher import (BEARER_PREFIX, DASH_UNDERSCORE_TOKEN, DEAD, HEALTHY, KUBECONFIG_TOKEN, LOCAL, ORIGIN_DENIED,
-                          PENDING, PLUS_TOKEN, SCOPED_TOKEN, TOKEN, TOKENS, FakeServer, make_test_pki)
+from fake_rancher import DEAD, HEALTHY, LOCAL, ORIGIN_DENIED, PENDING, FakeServer
+from helpers import (BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, SCOPED_TOKEN, TOKEN,
+                     TOKENS, b64std, b64url, base64url_entry, standard_entry)
+
+pytestmark = pytest.mark.e2e  # a real server on a socket, and real clients
 
 VECTORS = yaml.safe_load((Path(__file__).resolve().parents[2] / "shared/vectors/handshakes.yaml").read_text())
-BROWSER_UA = dict(VECTORS["chromium-156-headlamp-exec"]["headers"])["User-Agent"]
 KUBECTL_UA = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
 AUTH = ("Authorization", f"Bearer {TOKEN}")
 H = f"/k8s/clusters/{HEALTHY}"
@@ -36,51 +38,18 @@ STATUS_401 = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "F
 SUCCESS = b'{"metadata":{},"status":"Success"}'
 
 
-def b64url(token: str) -> str:
-    return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-
-
-def b64std(token: str, pad: bool = False) -> str:
-    encoded = base64.b64encode(token.encode()).decode()
-    return encoded if pad else encoded.rstrip("=")
-
-
-def entry(token: str, encode=b64url) -> str:
-    return BEARER_PREFIX + encode(token)
-
-
 def upgrade(*protocol_lines: str) -> list[tuple[str, str]]:
     return [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")] + [("Sec-WebSocket-Protocol", p) for p in protocol_lines]
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def rancher_server(pki):
-    with FakeServer(pki=pki) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def apiserver_server(pki):
-    with FakeServer(rancher=False, pki=pki) as server:
-        yield server
-
-
-@pytest.fixture
-def rancher(rancher_server):
-    rancher_server.clear()
-    return rancher_server
-
-
-@pytest.fixture
-def apiserver(apiserver_server):
-    apiserver_server.clear()
-    return apiserver_server
+# The servers are conftest's (pki, rancher, apiserver: one of each per module).
+@pytest.fixture(autouse=True)
+def fresh_records(request):
+    """Each test sees only its own requests in the records of the servers it uses."""
+    for name in ("rancher", "apiserver"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).clear()
 
 
 def tls_client(server) -> ssl.SSLContext:
@@ -153,14 +122,15 @@ def assert_rancher_headers(answer: Answer, authenticated: bool) -> None:
 def test_tokens():
     chromium = VECTORS["chromium-156-headlamp-exec"]
     assert TOKEN == chromium["token"]
-    assert chromium["headers"][-1][1].endswith(entry(TOKEN, b64std))
+    assert chromium["headers"][-1][1].endswith(standard_entry(TOKEN))
+    assert dict(chromium["headers"])["User-Agent"] == BROWSER_UA
     assert "-" in b64url(DASH_UNDERSCORE_TOKEN) and "_" in b64url(DASH_UNDERSCORE_TOKEN)
     assert "+" in b64std(PLUS_TOKEN) and "/" not in b64std(PLUS_TOKEN)
     assert b64std(KUBECONFIG_TOKEN, pad=True).endswith("==")
     assert len(TOKENS) == 5 and all(":" in t for t in TOKENS)
 
 
-@pytest.mark.parametrize("name", ["localhost", "127.0.0.1"])
+@pytest.mark.parametrize("name", ["localhost", "127.0.0.1"], ids=["by name", "by address"])
 def test_certificate_and_alpn(rancher, name):
     context = tls_client(rancher)
     context.set_alpn_protocols(["h2", "http/1.1"])
@@ -172,19 +142,19 @@ def test_certificate_and_alpn(rancher, name):
 
 ORIGIN_CASES = [
     # User-Agent lines, Origin lines ({host}: the Host sent), Host sent (None: the server's), expected
-    ([BROWSER_UA], ["https://evil.example"], None, 403),
-    ([BROWSER_UA], ["https://{host}"], None, 101),
-    ([BROWSER_UA], ["http://{host}"], None, 101),  # the scheme is ignored
-    ([BROWSER_UA], [], None, 101),  # no Origin passes
-    ([BROWSER_UA], ["https://{host}", "https://evil.example"], None, 403),  # every line
-    ([BROWSER_UA], ["https://{host}", "http://{host}"], None, 101),
-    ([BROWSER_UA], ["null"], None, 403),
-    ([BROWSER_UA], ["https://127.0.0.1:443"], "127.0.0.1", 403),  # h:443 is not h
-    ([BROWSER_UA], ["https://127.0.0.1"], "127.0.0.1:443", 403),
-    ([BROWSER_UA], ["https://127.0.0.1"], "127.0.0.1", 101),
-    (["curl/8", "x MOZILLA y"], ["https://evil.example"], None, 403),  # any line, any case
-    ([KUBECTL_UA], ["https://evil.example"], None, 101),  # not a browser
-    ([], ["https://evil.example"], None, 101),
+    pytest.param([BROWSER_UA], ["https://evil.example"], None, 403, id="browser, other origin"),
+    pytest.param([BROWSER_UA], ["https://{host}"], None, 101, id="browser, origin names the host"),
+    pytest.param([BROWSER_UA], ["http://{host}"], None, 101, id="browser, origin names the host over http"),  # the scheme is ignored
+    pytest.param([BROWSER_UA], [], None, 101, id="browser, no origin"),  # no Origin passes
+    pytest.param([BROWSER_UA], ["https://{host}", "https://evil.example"], None, 403, id="browser, second origin line other"),  # every line
+    pytest.param([BROWSER_UA], ["https://{host}", "http://{host}"], None, 101, id="browser, two origin lines naming the host"),
+    pytest.param([BROWSER_UA], ["null"], None, 403, id="browser, origin null"),
+    pytest.param([BROWSER_UA], ["https://127.0.0.1:443"], "127.0.0.1", 403, id="browser, origin with port 443, host without"),  # h:443 is not h
+    pytest.param([BROWSER_UA], ["https://127.0.0.1"], "127.0.0.1:443", 403, id="browser, origin without port, host with 443"),
+    pytest.param([BROWSER_UA], ["https://127.0.0.1"], "127.0.0.1", 101, id="browser, origin and host without port"),
+    pytest.param(["curl/8", "x MOZILLA y"], ["https://evil.example"], None, 403, id="mozilla on a second UA line, any case"),  # any line, any case
+    pytest.param([KUBECTL_UA], ["https://evil.example"], None, 101, id="kubectl, other origin"),  # not a browser
+    pytest.param([], ["https://evil.example"], None, 101, id="no user agent, other origin"),
 ]
 
 
@@ -211,30 +181,33 @@ def test_origin_check_comes_first_and_only_on_upgrades(rancher):
 
 
 def basic(token: str, encode) -> tuple[str, str]:
-    return "Authorization", "Basic " + encode(token.encode()).decode()
+    return "Authorization", "Basic " + encode(token, pad=True)
 
 
 AUTH_CASES = [
     # cluster, headers, expected status (401 bodies: JSON on downstream clusters, text on local)
-    (HEALTHY, [AUTH], 200),
-    (HEALTHY, [("Authorization", f"bearer {KUBECONFIG_TOKEN}")], 200),
-    (HEALTHY, [("Authorization", f"Bearer  {TOKEN}")], 401),  # exactly one space
-    (HEALTHY, [("Authorization", f"Token {TOKEN}")], 401),
-    (HEALTHY, [("Authorization", "Bearer token-abcde:wrong")], 401),
-    (HEALTHY, [basic(DASH_UNDERSCORE_TOKEN, base64.urlsafe_b64encode)], 200),
-    (HEALTHY, [basic(DASH_UNDERSCORE_TOKEN, base64.b64encode)], 200),
-    (HEALTHY, [("Cookie", f"R_SESS={TOKEN}")], 200),
-    (HEALTHY, [("Cookie", "theme=dark"), ("Cookie", f"a=1; R_SESS={PLUS_TOKEN}")], 200),
-    (HEALTHY, [("Authorization", "Bearer nope"), ("Cookie", f"R_SESS={TOKEN}")], 401),  # R_SESS: no Authorization
-    (HEALTHY, [("X-Api-Auth-Header", f"Bearer {TOKEN}")], 401),
-    (HEALTHY, [], 401),
-    (HEALTHY, [("Authorization", f"Bearer {SCOPED_TOKEN}")], 200),
-    (DEAD, [("Authorization", f"Bearer {SCOPED_TOKEN}")], 401),  # scoped to c-m-healthy
-    (LOCAL, [("Authorization", f"Bearer {SCOPED_TOKEN}")], 401),
-    (LOCAL, [], 401),
-    (LOCAL, [("Cookie", f"R_SESS={KUBECONFIG_TOKEN}")], 200),
-    ("c-m-unknown", [], 401),  # authentication comes before the cluster lookup
-    ("c-m-unknown", [("Authorization", f"Bearer {SCOPED_TOKEN}")], 401),
+    pytest.param(HEALTHY, [AUTH], 200, id="bearer"),
+    pytest.param(HEALTHY, [("Authorization", f"bearer {KUBECONFIG_TOKEN}")], 200, id="bearer in lower case"),
+    pytest.param(HEALTHY, [("Authorization", f"Bearer  {TOKEN}")], 401, id="bearer, two spaces"),  # exactly one space
+    pytest.param(HEALTHY, [("Authorization", f"Token {TOKEN}")], 401, id="scheme Token"),
+    pytest.param(HEALTHY, [("Authorization", "Bearer token-abcde:wrong")], 401, id="bearer, unknown token"),
+    pytest.param(HEALTHY, [basic(DASH_UNDERSCORE_TOKEN, b64url)], 200, id="basic, base64url"),
+    pytest.param(HEALTHY, [basic(DASH_UNDERSCORE_TOKEN, b64std)], 200, id="basic, standard base64"),
+    pytest.param(HEALTHY, [("Cookie", f"R_SESS={TOKEN}")], 200, id="R_SESS cookie"),
+    pytest.param(HEALTHY, [("Cookie", "theme=dark"), ("Cookie", f"a=1; R_SESS={PLUS_TOKEN}")], 200,
+                 id="R_SESS in a second cookie line"),
+    pytest.param(HEALTHY, [("Authorization", "Bearer nope"), ("Cookie", f"R_SESS={TOKEN}")], 401,
+                 id="R_SESS beside a wrong bearer"),  # R_SESS: no Authorization
+    pytest.param(HEALTHY, [("X-Api-Auth-Header", f"Bearer {TOKEN}")], 401, id="X-Api-Auth-Header"),
+    pytest.param(HEALTHY, [], 401, id="no credentials"),
+    pytest.param(HEALTHY, [("Authorization", f"Bearer {SCOPED_TOKEN}")], 200, id="scoped token on its cluster"),
+    pytest.param(DEAD, [("Authorization", f"Bearer {SCOPED_TOKEN}")], 401,
+                 id="scoped token on another cluster"),  # scoped to c-m-healthy
+    pytest.param(LOCAL, [("Authorization", f"Bearer {SCOPED_TOKEN}")], 401, id="scoped token on local"),
+    pytest.param(LOCAL, [], 401, id="local, no credentials"),
+    pytest.param(LOCAL, [("Cookie", f"R_SESS={KUBECONFIG_TOKEN}")], 200, id="local, R_SESS cookie"),
+    pytest.param("c-m-unknown", [], 401, id="unknown cluster, no credentials"),  # authentication comes before the cluster lookup
+    pytest.param("c-m-unknown", [("Authorization", f"Bearer {SCOPED_TOKEN}")], 401, id="unknown cluster, scoped token"),
 ]
 
 
@@ -264,15 +237,16 @@ def test_rancher_ignores_the_token_element(rancher):
 
 CLUSTER_CASES = [
     # target, upgrade, status, body (None: checked below)
-    (f"/k8s/clusters/c-m-unknown{EXEC}", True, 404,
-     b'{"type":"error","status":"404","code":"NotFound",'
-     b'"message":"clusters.management.cattle.io \\"c-m-unknown\\" not found"}'),
-    (f"/k8s/clusters/{PENDING}/api/v1", False, 503, None),
-    (f"/k8s/clusters/{PENDING}{EXEC}", True, 503, None),
-    (f"/k8s/clusters/{DEAD}{EXEC}", True, 502, b""),  # tunnel down: empty 502 on upgrades
-    (f"/k8s/clusters/{DEAD}/api/v1", False, 500, None),
-    (f"/k8s/proxy/{HEALTHY}/api/v1", False, 200, None),
-    (f"/k8s/clusters/{LOCAL}{EXEC}", True, 101, b"\x82\x01\x01\x82\x11\x01hello from exec\n"),
+    pytest.param(f"/k8s/clusters/c-m-unknown{EXEC}", True, 404,
+                 b'{"type":"error","status":"404","code":"NotFound",'
+                 b'"message":"clusters.management.cattle.io \\"c-m-unknown\\" not found"}', id="unknown, upgrade"),
+    pytest.param(f"/k8s/clusters/{PENDING}/api/v1", False, 503, None, id="pending"),
+    pytest.param(f"/k8s/clusters/{PENDING}{EXEC}", True, 503, None, id="pending, upgrade"),
+    pytest.param(f"/k8s/clusters/{DEAD}{EXEC}", True, 502, b"", id="dead, upgrade"),  # tunnel down: empty 502 on upgrades
+    pytest.param(f"/k8s/clusters/{DEAD}/api/v1", False, 500, None, id="dead"),
+    pytest.param(f"/k8s/proxy/{HEALTHY}/api/v1", False, 200, None, id="healthy via /k8s/proxy"),
+    pytest.param(f"/k8s/clusters/{LOCAL}{EXEC}", True, 101, b"\x82\x01\x01\x82\x11\x01hello from exec\n",
+                 id="local, upgrade"),
 ]
 
 
@@ -295,29 +269,37 @@ NOT_UTF8 = BEARER_PREFIX + base64.urlsafe_b64encode(b"\xff\xfe:x").decode().rstr
 
 KUBE_AUTH_CASES = [
     # Sec-WebSocket-Protocol lines, Authorization, expected status
-    ([f"{V4}, {entry(TOKEN)}"], None, 101),
-    ([f"{entry(TOKEN)}, {V4}"], None, 101),
-    ([f"{V4},{entry(DASH_UNDERSCORE_TOKEN)}"], None, 101),  # true base64url, '-' and '_'
-    ([f"{V4}, {entry(PLUS_TOKEN, b64std)}"], None, 401),  # '+' is not base64url
-    ([f"{V4}, {entry(PLUS_TOKEN)}"], None, 101),
-    ([f"{V4}, {entry(KUBECONFIG_TOKEN, lambda t: b64std(t, pad=True))}"], None, 401),  # padding
-    ([f"{V4}, {entry(KUBECONFIG_TOKEN)}"], None, 101),
-    ([f"{V4}, {BEARER_PREFIX}"], None, 401),  # an empty token is no token
-    ([f"{V4}, {BEARER_PREFIX}"], AUTH, 101),
-    ([f"{V4}, {entry(TOKEN)}, {entry(TOKEN)}"], None, 401),  # multiple tokens
-    ([f"{V4}, {entry(TOKEN)}", entry(KUBECONFIG_TOKEN)], None, 401),  # every line is read
-    ([f"{V4}, {BEARER_PREFIX}", entry(TOKEN)], None, 401),  # an empty one counts too
-    ([V4, entry(TOKEN)], None, 101),  # on a line of its own
-    ([entry(TOKEN)], None, 401),  # missing additional subprotocol
-    ([f"{V4}, Base64url.bearer.authorization.k8s.io.{b64url(TOKEN)}"], None, 401),  # prefix case-sensitive
-    ([f"{V4}, {NOT_UTF8}"], None, 401),
-    ([f"{V4}, {entry('token-zzzzz:unknown')}"], None, 401),
-    ([f"  {V4} ,\t{entry(TOKEN)}  "], None, 101),  # elements are trimmed
-    ([V4], None, 401),
-    ([V4], AUTH, 101),
-    ([V4], ("Authorization", f"Bearer  {TOKEN}"), 401),  # SplitN on one space: an empty token
-    ([f"{V4}, {entry(TOKEN)}, {entry(TOKEN)}"], AUTH, 101),  # Authorization first: elements unread
-    ([f"{V4}, {entry(TOKEN)}"], ("Authorization", "Bearer wrong"), 101),  # then the element
+    pytest.param([f"{V4}, {base64url_entry(TOKEN)}"], None, 101, id="entry last"),
+    pytest.param([f"{base64url_entry(TOKEN)}, {V4}"], None, 101, id="entry first"),
+    pytest.param([f"{V4},{base64url_entry(DASH_UNDERSCORE_TOKEN)}"], None, 101,
+                 id="base64url with dash and underscore"),  # true base64url, '-' and '_'
+    pytest.param([f"{V4}, {standard_entry(PLUS_TOKEN)}"], None, 401, id="standard base64 with plus"),  # '+' is not base64url
+    pytest.param([f"{V4}, {base64url_entry(PLUS_TOKEN)}"], None, 101, id="base64url of the plus token"),
+    pytest.param([f"{V4}, {BEARER_PREFIX + b64std(KUBECONFIG_TOKEN, pad=True)}"], None, 401, id="padded"),  # padding
+    pytest.param([f"{V4}, {base64url_entry(KUBECONFIG_TOKEN)}"], None, 101, id="unpadded"),
+    pytest.param([f"{V4}, {BEARER_PREFIX}"], None, 401, id="empty entry"),  # an empty token is no token
+    pytest.param([f"{V4}, {BEARER_PREFIX}"], AUTH, 101, id="empty entry, Authorization"),
+    pytest.param([f"{V4}, {base64url_entry(TOKEN)}, {base64url_entry(TOKEN)}"], None, 401,
+                 id="two entries"),  # multiple tokens
+    pytest.param([f"{V4}, {base64url_entry(TOKEN)}", base64url_entry(KUBECONFIG_TOKEN)], None, 401,
+                 id="two entries on two lines"),  # every line is read
+    pytest.param([f"{V4}, {BEARER_PREFIX}", base64url_entry(TOKEN)], None, 401,
+                 id="empty entry and an entry on two lines"),  # an empty one counts too
+    pytest.param([V4, base64url_entry(TOKEN)], None, 101, id="entry on a line of its own"),
+    pytest.param([base64url_entry(TOKEN)], None, 401, id="entry alone"),  # missing additional subprotocol
+    pytest.param([f"{V4}, Base64url.bearer.authorization.k8s.io.{b64url(TOKEN)}"], None, 401,
+                 id="prefix in another case"),  # prefix case-sensitive
+    pytest.param([f"{V4}, {NOT_UTF8}"], None, 401, id="not UTF-8"),
+    pytest.param([f"{V4}, {base64url_entry('token-zzzzz:unknown')}"], None, 401, id="unknown token"),
+    pytest.param([f"  {V4} ,\t{base64url_entry(TOKEN)}  "], None, 101, id="elements with spaces and tabs"),  # elements are trimmed
+    pytest.param([V4], None, 401, id="no credentials"),
+    pytest.param([V4], AUTH, 101, id="Authorization"),
+    pytest.param([V4], ("Authorization", f"Bearer  {TOKEN}"), 401,
+                 id="Authorization, two spaces"),  # SplitN on one space: an empty token
+    pytest.param([f"{V4}, {base64url_entry(TOKEN)}, {base64url_entry(TOKEN)}"], AUTH, 101,
+                 id="two entries, Authorization"),  # Authorization first: elements unread
+    pytest.param([f"{V4}, {base64url_entry(TOKEN)}"], ("Authorization", "Bearer wrong"), 101,
+                 id="entry, wrong Authorization"),  # then the element
 ]
 
 
@@ -333,18 +315,20 @@ def test_apiserver_token_element(apiserver, lines, authorization, expected):
 
 
 @pytest.mark.parametrize("authorization, status, subprotocol", [
-    (None, 101, "base64.binary.k8s.io"),  # the element is removed before the watch sees the list
-    (AUTH, 400, None),  # Authorization authenticated first: the element stays, two protocols
+    # the element is removed before the watch sees the list
+    pytest.param(None, 101, "base64.binary.k8s.io", id="entry only"),
+    # Authorization authenticated first: the element stays, two protocols
+    pytest.param(AUTH, 400, None, id="entry and Authorization"),
 ])
 def test_apiserver_watch_with_token_element(apiserver, authorization, status, subprotocol):
-    headers = upgrade(f"base64.binary.k8s.io, {entry(TOKEN)}")
+    headers = upgrade(f"base64.binary.k8s.io, {base64url_entry(TOKEN)}")
     headers += [("Origin", "http://console")] + ([authorization] if authorization else [])
     answer = exchange(apiserver, WATCH, headers)
     assert (answer.status, answer.header("Sec-WebSocket-Protocol")) == (status, subprotocol)
 
 
 def test_apiserver_plain_requests(apiserver):
-    assert exchange(apiserver, "/api/v1", [("Sec-WebSocket-Protocol", f"{V4}, {entry(TOKEN)}")]).status == 401
+    assert exchange(apiserver, "/api/v1", [("Sec-WebSocket-Protocol", f"{V4}, {base64url_entry(TOKEN)}")]).status == 401
     assert exchange(apiserver, "/api/v1", [AUTH]).status == 200
     unknown = exchange(apiserver, "/apis/nothing", [AUTH])
     assert unknown.status == 404 and json.loads(unknown.body)["reason"] == "NotFound"
@@ -354,23 +338,28 @@ def test_apiserver_plain_requests(apiserver):
 
 SELECTION_CASES = [
     # target, protocol lines, status, chosen
-    (EXEC, ["v3.channel.k8s.io, v4.channel.k8s.io, channel.k8s.io"], 101, V4),  # the first supported
-    (EXEC, [f"{V5},{V4}"], 101, V5),
-    (EXEC, ["base64.channel.k8s.io"], 101, "base64.channel.k8s.io"),
-    (EXEC, [f"{entry(TOKEN)}, {V4}"], 101, V4),  # Rancher forwards the element; it is skipped
-    (ATTACH, ["v4.base64.channel.k8s.io"], 101, "v4.base64.channel.k8s.io"),
-    (EXEC, ["v2.channel.k8s.io"], 403, None),
-    (EXEC, [], 403, None),
-    (EXEC, ["v2.channel.k8s.io", V4], 403, None),  # negotiation reads the first line only (Header.Get)
-    (LOG, [], 101, None),
-    (LOG, [f"base64.binary.k8s.io, {entry(TOKEN)}"], 101, "base64.binary.k8s.io"),
-    (LOG, [V4], 403, None),
-    (PORTFORWARD, [V5], 403, None),
-    (PORTFORWARD, [f"{V5}, {V4}"], 101, V4),
-    (WATCH, ["anything.example"], 101, "anything.example"),  # no negotiation: echoed
-    (WATCH, [], 101, None),
-    (WATCH, [f"base64.binary.k8s.io, {entry(TOKEN)}"], 400, None),  # a leftover element breaks watch
-    (WATCH, ["a,"], 400, None),
+    pytest.param(EXEC, ["v3.channel.k8s.io, v4.channel.k8s.io, channel.k8s.io"], 101, V4,
+                 id="exec, the first supported"),  # the first supported
+    pytest.param(EXEC, [f"{V5},{V4}"], 101, V5, id="exec, v5 before v4"),
+    pytest.param(EXEC, ["base64.channel.k8s.io"], 101, "base64.channel.k8s.io", id="exec, base64.channel"),
+    pytest.param(EXEC, [f"{base64url_entry(TOKEN)}, {V4}"], 101, V4,
+                 id="exec, entry skipped"),  # Rancher forwards the element; it is skipped
+    pytest.param(ATTACH, ["v4.base64.channel.k8s.io"], 101, "v4.base64.channel.k8s.io", id="attach, v4.base64"),
+    pytest.param(EXEC, ["v2.channel.k8s.io"], 403, None, id="exec, v2 only"),
+    pytest.param(EXEC, [], 403, None, id="exec, nothing offered"),
+    pytest.param(EXEC, ["v2.channel.k8s.io", V4], 403, None,
+                 id="exec, v4 on a second line"),  # negotiation reads the first line only (Header.Get)
+    pytest.param(LOG, [], 101, None, id="log, nothing offered"),
+    pytest.param(LOG, [f"base64.binary.k8s.io, {base64url_entry(TOKEN)}"], 101, "base64.binary.k8s.io",
+                 id="log, base64.binary and entry"),
+    pytest.param(LOG, [V4], 403, None, id="log, v4"),
+    pytest.param(PORTFORWARD, [V5], 403, None, id="portforward, v5"),
+    pytest.param(PORTFORWARD, [f"{V5}, {V4}"], 101, V4, id="portforward, v5 and v4"),
+    pytest.param(WATCH, ["anything.example"], 101, "anything.example", id="watch, echoed"),  # no negotiation: echoed
+    pytest.param(WATCH, [], 101, None, id="watch, nothing offered"),
+    pytest.param(WATCH, [f"base64.binary.k8s.io, {base64url_entry(TOKEN)}"], 400, None,
+                 id="watch, entry left"),  # a leftover element breaks watch
+    pytest.param(WATCH, ["a,"], 400, None, id="watch, an empty element"),
 ]
 
 
@@ -383,7 +372,7 @@ def test_subprotocol_selection(rancher, target, lines, status, chosen):
     assert (rancher.records[-1].status, rancher.records[-1].subprotocol) == (status, chosen)
 
 
-@pytest.mark.parametrize("origin", [None, "null"])
+@pytest.mark.parametrize("origin", [None, "null"], ids=["no origin", "origin null"])
 def test_watch_needs_an_origin(rancher, origin):
     headers = upgrade("base64.binary.k8s.io") + [AUTH] + ([("Origin", origin)] if origin else [])
     answer = exchange(rancher, H + WATCH, headers)
@@ -391,8 +380,8 @@ def test_watch_needs_an_origin(rancher, origin):
 
 
 @pytest.mark.parametrize("headers, status", [
-    ([("Sec-WebSocket-Version", "8")], 400),
-    ([("Sec-WebSocket-Key", "")], 400),
+    pytest.param([("Sec-WebSocket-Version", "8")], 400, id="version 8"),
+    pytest.param([("Sec-WebSocket-Key", "")], 400, id="empty key"),
 ])
 def test_websocket_handshake_errors(rancher, headers, status):
     names = {k for k, _ in headers}
@@ -464,9 +453,9 @@ def test_attach_is_exec(rancher):
 
 
 @pytest.mark.parametrize("protocols, expected", [
-    (["binary.k8s.io"], [b"", b"line 1\n", b"line 2\n", b"line 3\n"]),
-    (None, [b"", b"line 1\n", b"line 2\n", b"line 3\n"]),
-    (["base64.binary.k8s.io"], ["", "bGluZSAxCg==", "bGluZSAyCg==", "bGluZSAzCg=="]),
+    pytest.param(["binary.k8s.io"], [b"", b"line 1\n", b"line 2\n", b"line 3\n"], id="binary"),
+    pytest.param(None, [b"", b"line 1\n", b"line 2\n", b"line 3\n"], id="nothing offered"),
+    pytest.param(["base64.binary.k8s.io"], ["", "bGluZSAxCg==", "bGluZSAyCg==", "bGluZSAzCg=="], id="base64"),
 ])
 def test_log_follow(rancher, protocols, expected):
     async def scenario():
@@ -486,7 +475,7 @@ def test_watch(rancher):
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("protocol", [V4, "v4.base64.channel.k8s.io"])
+@pytest.mark.parametrize("protocol", [V4, "v4.base64.channel.k8s.io"], ids=["v4", "v4.base64"])
 def test_portforward(rancher, protocol):
     text = "base64" in protocol
     def frame(channel, data):
@@ -514,9 +503,9 @@ def test_permessage_deflate(rancher):
 
 
 @pytest.mark.parametrize("target, origin, frames", [
-    (EXEC, [], b"\x82\x01\x01\x82\x11\x01hello from exec\n"),
-    (LOG, [], b"\x82\x00\x82\x07line 1\n\x82\x07line 2\n\x82\x07line 3\n"),
-    (WATCH, [("Origin", "http://console")], b"\x81"),
+    pytest.param(EXEC, [], b"\x82\x01\x01\x82\x11\x01hello from exec\n", id="exec"),
+    pytest.param(LOG, [], b"\x82\x00\x82\x07line 1\n\x82\x07line 2\n\x82\x07line 3\n", id="log"),
+    pytest.param(WATCH, [("Origin", "http://console")], b"\x81", id="watch"),
 ])
 def test_101_and_first_frames_in_one_write(rancher, target, origin, frames):
     # Over TLS a read returns at most one record, and each write makes its own record.
@@ -590,7 +579,7 @@ def test_start_and_stop(pki):
         async with ws(server, LOG, [AUTH], subprotocols=["binary.k8s.io"]) as conn:
             await receive(conn, 4)
             await asyncio.to_thread(server.stop)  # with a stream open
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):  # not a timeout: the stop ended the stream
                 await asyncio.wait_for(conn.recv(), 5)
     asyncio.run(scenario())
     with pytest.raises(OSError):

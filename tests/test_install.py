@@ -9,6 +9,8 @@ import pytest
 
 from mitmdump_harness import ROOT
 
+pytestmark = pytest.mark.e2e  # pip builds and installs into a fresh venv
+
 
 def test_installed_copy_finds_the_shipped_rules(tmp_path):
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the work tree

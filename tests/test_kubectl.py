@@ -29,8 +29,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_rancher import HEALTHY, TOKEN
+from fake_rancher import HEALTHY
+from helpers import TOKEN
 from mitmdump_harness import ROOT
+
+pytestmark = pytest.mark.e2e  # kubectl, mitmdump and the test server
 
 VECTOR = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())["kubectl-1.32.4"]
 VECTOR_HEADERS = dict(VECTOR["headers"])

@@ -26,8 +26,11 @@ import yaml
 from kubernetes import client
 from kubernetes.stream import stream
 
-from fake_rancher import HEALTHY, TOKEN
+from fake_rancher import HEALTHY
+from helpers import TOKEN
 from mitmdump_harness import ROOT
+
+pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
 
 VECTOR = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())["python-kubernetes-37.0.2-stream"]
 VOLATILE = {"sec-websocket-key"}
@@ -88,7 +91,7 @@ def interactive_exec(api: client.CoreV1Api, namespace: str) -> str:
         response.close()
 
 
-@pytest.mark.parametrize("mode", ["reverse", "regular"])
+@pytest.mark.parametrize("mode", ["reverse", "regular"], ids=["reverse", "regular"])
 def test_stream_exec_works_and_reaches_the_server_unchanged(request, apis, rancher, mode):
     namespace = f"py-exec-{mode}"
     assert interactive_exec(apis["direct"], f"{namespace}-direct") == "hello from exec\nping\n"
@@ -118,7 +121,7 @@ def test_stream_exec_works_and_reaches_the_server_unchanged(request, apis, ranch
         assert sent.header_lines("Origin") == [f"https://{rancher.host}"]
 
 
-@pytest.mark.parametrize("mode", ["reverse", "regular"])
+@pytest.mark.parametrize("mode", ["reverse", "regular"], ids=["reverse", "regular"])
 def test_log_request_works_and_reaches_the_server_unchanged(apis, rancher, mode):
     namespace = f"py-log-{mode}"
     assert apis["direct"].read_namespaced_pod_log("p", f"{namespace}-direct", follow=True) == "line 1\nline 2\nline 3\n"
