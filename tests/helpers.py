@@ -8,11 +8,14 @@ the code against its own output.
 from __future__ import annotations
 
 import base64
+import hashlib
 from urllib.parse import urlsplit
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
+
+from kubews import Destination, Handshake
 
 # Rancher tokens are name:key (facts §4). TOKEN is the one in handshakes.yaml's chromium vector.
 TOKEN = "token-abcde:" + "k" * 54
@@ -73,3 +76,36 @@ def upgrade_flow(
     flow = tflow.tflow(req=request)
     flow.client_conn.proxy_mode = ProxyMode.parse(mode)
     return flow
+
+
+def fingerprint_of(secret: str) -> str:
+    """A token's fingerprint as the contract defines it (interface §5): "sha256:" and the first 8
+    hex digits of its SHA-256."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+def redacted(secret: str) -> str:
+    """What a redacted credential reads in a stored flow (interface §6)."""
+    return f"<redacted {fingerprint_of(secret)}>"
+
+
+def handshake(
+    *headers: tuple[str, str],
+    path: str = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec",
+    host: str = "rancher.test",
+    port: int = 443,
+    verified: bool = True,
+    upgrade: bool = True,
+    scheme: str = "https",
+) -> Handshake:
+    """The core's view of a request to host (kubews.Handshake): a WebSocket upgrade unless told,
+    with these header lines after Host, Connection and Upgrade."""
+    base = (("Host", host), ("Connection", "Upgrade"), ("Upgrade", "websocket")) if upgrade else (("Host", host),)
+    return Handshake(
+        destinations=(Destination(host, verified),),
+        port=port,
+        path=path,
+        headers=(*base, *headers),
+        scheme=scheme,
+        host_header=host,
+    )

@@ -5,11 +5,10 @@ import asyncio
 
 import pytest
 
-from kubews import cli
 import kubews as core
-from kubews import diagnose
-from fake_rancher import DEAD, HEALTHY, LOCAL, PENDING, TOKEN
-from kubews import Auth, OriginAction
+from fake_rancher import DEAD, HEALTHY, LOCAL, PENDING
+from helpers import BEARER_PREFIX, TOKEN, base64url_entry, secret_forms
+from kubews import Auth, OriginAction, cli, diagnose
 from kubews.diagnose import Outcome, Variant
 from kubews.explain import parse_target
 from kubews.hints import Hint
@@ -31,8 +30,8 @@ def token_env(monkeypatch):
 def run(capsys, *argv):
     status = cli.main(["diagnose", *argv])
     out, err = capsys.readouterr()
-    for encoded in (TOKEN, core.encode_token(TOKEN)[len(core.BEARER_PREFIX) :]):
-        assert encoded not in out and encoded not in err
+    for form in secret_forms(TOKEN):
+        assert form not in out and form not in err
     return status, out, err
 
 
@@ -57,7 +56,7 @@ def test_variants_cover_token_user_agent_and_origin():
     }
 
 
-@pytest.mark.parametrize("variant", diagnose.variants(with_token=True))
+@pytest.mark.parametrize("variant", diagnose.variants(with_token=True), ids=str)
 def test_variant_headers_are_what_the_spec_says(variant):
     target = parse_target(f"https://rancher.test:8443/k8s/clusters/{HEALTHY}{EXEC}")
     headers = diagnose.variant_headers(variant, diagnose.console_handshake(target, TOKEN))
@@ -65,10 +64,10 @@ def test_variant_headers_are_what_the_spec_says(variant):
     token_label, user_agent, origin = variant.labels
     if token_label == "header":  # interface §4, auth: header
         assert core.header_values(headers, "Authorization") == [f"Bearer {TOKEN}"]
-        assert not any(p.startswith(core.BEARER_PREFIX) for p in protocols)
+        assert not any(p.startswith(BEARER_PREFIX) for p in protocols)
     else:
         assert core.header_values(headers, "Authorization") == []
-        assert core.encode_token(TOKEN) in protocols
+        assert base64url_entry(TOKEN) in protocols
     assert "v4.channel.k8s.io" in protocols  # Headlamp's exec list (facts §5)
     assert ("Mozilla" in " ".join(core.header_values(headers, "User-Agent"))) is (user_agent == "browser")
     expected_origins = {"foreign": [diagnose.FOREIGN_ORIGIN], "matching": ["https://rancher.test:8443"], "absent": []}
@@ -88,18 +87,24 @@ def outcomes(working):
     "working, expected",
     [
         # Rancher (facts §4): Authorization only; a browser User-Agent needs an Origin equal to Host or none
-        (
+        pytest.param(
             {("header", u, o) for u, o in [("browser", "matching"), ("browser", "absent"), ("none", "foreign"), ("none", "matching"), ("none", "absent")]},
             Variant(Auth.HEADER, KEEP, OriginAction.MATCH_HOST),
+            id="Rancher: header and a matching Origin",
         ),
         # a plain kube-apiserver watch: every variant but those without Origin (facts §2)
-        (
+        pytest.param(
             {(t, u, o) for t in ("subprotocol", "header") for u in ("browser", "none") for o in ("foreign", "matching")},
             BROWSER_AS_IS,
+            id="kube-apiserver watch: the browser's own",
         ),
-        ({("header", "none", "absent")}, Variant(Auth.HEADER, REMOVE, OriginAction.REMOVE)),
-        ({("subprotocol", "none", "foreign"), ("subprotocol", "browser", "absent")}, Variant(Auth.SUBPROTOCOL, KEEP, OriginAction.REMOVE)),
-        (set(), None),
+        pytest.param({("header", "none", "absent")}, Variant(Auth.HEADER, REMOVE, OriginAction.REMOVE), id="only with every change"),
+        pytest.param(
+            {("subprotocol", "none", "foreign"), ("subprotocol", "browser", "absent")},
+            Variant(Auth.SUBPROTOCOL, KEEP, OriginAction.REMOVE),
+            id="a tie: Origin changed before User-Agent removed",
+        ),
+        pytest.param(set(), None, id="none worked"),
     ],
 )
 def test_recommended_is_the_fewest_changes(working, expected):
@@ -111,7 +116,7 @@ def test_a_101_with_a_hint_did_not_work():
     assert not bad.worked and diagnose.recommended([bad]) is None
 
 
-@pytest.mark.parametrize("variant", diagnose.variants(with_token=True) + diagnose.variants(with_token=False))
+@pytest.mark.parametrize("variant", diagnose.variants(with_token=True) + diagnose.variants(with_token=False), ids=str)
 def test_rule_entry_does_what_the_variant_did(variant):
     """The printed entry, loaded and applied to a browser's handshake, sends what was probed."""
     target = parse_target(f"https://rancher.test/k8s/clusters/{HEALTHY}{LOG}")
@@ -131,10 +136,10 @@ def test_root_causes_leave_out_what_a_rule_fixes():
 @pytest.mark.parametrize(
     "head, data, body",
     [
-        ("Content-Length: 5", b"hello and more", b"hello"),
-        ("Transfer-Encoding: chunked", b"3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n", b"hello"),
-        ("Content-Type: text/plain", b"until close", b"until close"),
-        ("Content-Length: 50", b"short", b"short"),  # closed early
+        pytest.param("Content-Length: 5", b"hello and more", b"hello", id="Content-Length"),
+        pytest.param("Transfer-Encoding: chunked", b"3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n", b"hello", id="chunked"),
+        pytest.param("Content-Type: text/plain", b"until close", b"until close", id="until the server closes"),
+        pytest.param("Content-Length: 50", b"short", b"short", id="closed before Content-Length"),
     ],
 )
 def test_read_body(head, data, body):
@@ -151,7 +156,11 @@ def test_read_body(head, data, body):
 # --- against the fake servers -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cluster, endpoint", [(HEALTHY, EXEC), (LOCAL, LOG), (HEALTHY, WATCH)])
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "cluster, endpoint",
+    [pytest.param(HEALTHY, EXEC, id="exec"), pytest.param(LOCAL, LOG, id="log on local"), pytest.param(HEALTHY, WATCH, id="watch")],
+)
 def test_rancher_cluster_needs_the_header_and_a_matching_origin(capsys, rancher, pki, token_env, cluster, endpoint):
     rancher.clear()
     status, out, err = run(capsys, f"{rancher.url}/k8s/clusters/{cluster}{endpoint}", "--token-env", token_env, "--cacert", pki.ca_cert)
@@ -164,12 +173,13 @@ def test_rancher_cluster_needs_the_header_and_a_matching_origin(capsys, rancher,
     assert "never the bearer entry" in out and '"origin not allowed"' in out  # why the others failed
     # what reached the server: the token in Authorization or in a bearer entry, never both
     places = [
-        (r.header("Authorization") == f"Bearer {TOKEN}", core.encode_token(TOKEN) in (r.header("Sec-WebSocket-Protocol") or ""))
+        (r.header("Authorization") == f"Bearer {TOKEN}", base64url_entry(TOKEN) in (r.header("Sec-WebSocket-Protocol") or ""))
         for r in rancher.records
     ]
     assert sorted(places) == [(False, True)] * 6 + [(True, False)] * 6
 
 
+@pytest.mark.e2e
 def test_plain_apiserver_takes_the_browser_handshake_as_is(capsys, apiserver, pki, token_env):
     status, out, _ = run(capsys, f"wss://{apiserver.host}{EXEC}", "--token-env", token_env, "--cacert", pki.ca_cert)
     assert status == 0
@@ -177,6 +187,7 @@ def test_plain_apiserver_takes_the_browser_handshake_as_is(capsys, apiserver, pk
     assert (rule.auth, rule.user_agent, rule.origin) == (Auth.SUBPROTOCOL, KEEP, OriginAction.KEEP)
 
 
+@pytest.mark.e2e
 def test_plain_apiserver_watch_table_says_an_origin_is_needed(capsys, apiserver, pki, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
@@ -186,9 +197,14 @@ def test_plain_apiserver_watch_table_says_an_origin_is_needed(capsys, apiserver,
     assert len(absent_rows) == 4 and all("403" in row and "no Origin" in row for row in absent_rows)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "cluster, meaning",
-    [(DEAD, "cannot reach cluster 'c-m-dead'"), (PENDING, "'c-m-pending' is not available"), ("c-m-unknown", "no cluster 'c-m-unknown'")],
+    [
+        pytest.param(DEAD, "cannot reach cluster 'c-m-dead'", id="tunnel down"),
+        pytest.param(PENDING, "'c-m-pending' is not available", id="not provisioned"),
+        pytest.param("c-m-unknown", "no cluster 'c-m-unknown'", id="unknown cluster"),
+    ],
 )
 def test_broken_cluster_fails_with_its_cause(capsys, rancher, pki, token_env, cluster, meaning):
     status, out, _ = run(capsys, f"{rancher.url}/k8s/clusters/{cluster}{LOG}", "--token-env", token_env, "--cacert", pki.ca_cert)
@@ -197,18 +213,21 @@ def test_broken_cluster_fails_with_its_cause(capsys, rancher, pki, token_env, cl
     assert meaning in summary and "origin" not in summary.lower()  # what a rule fixes is not the cause
 
 
+@pytest.mark.e2e
 def test_without_token_rancher_says_none_was_sent(capsys, rancher, pki):
     status, out, err = run(capsys, f"{rancher.url}/k8s/clusters/{HEALTHY}{LOG}", "--cacert", pki.ca_cert)
     assert status == 1 and "no token" in out and "got no token" in out
     assert err.count("\n") == 6
 
 
+@pytest.mark.e2e
 def test_untrusted_certificate_stops_at_the_first_probe(capsys, rancher, token_env):
     status, out, err = run(capsys, f"{rancher.url}/k8s/clusters/{HEALTHY}{LOG}", "--token-env", token_env)
     assert status == 1 and err.count("\n") == 1
     assert "not trusted" in out and "--cacert" in out
 
 
+@pytest.mark.e2e
 def test_insecure_skips_verification(capsys, rancher, token_env):
     status, _, _ = run(capsys, f"{rancher.url}/k8s/clusters/{HEALTHY}{LOG}", "--token-env", token_env, "--insecure")
     assert status == 0
@@ -217,11 +236,11 @@ def test_insecure_skips_verification(capsys, rancher, token_env):
 @pytest.mark.parametrize(
     "argv, error",
     [
-        (["https://x/api/v1/pods?watch=1", "--token-env", "K8S_WS_NOT_SET"], "K8S_WS_NOT_SET is not set"),
-        (["https://x/api/v1/pods?watch=1", "--token-file", "/nonexistent/token"], "cannot read /nonexistent/token"),
-        (["https://x/k8s/clusters/c-m-1"], "not a Kubernetes API path"),
-        (["ftp://x/api/v1/pods"], "must start with"),
-        (["https://x/api/v1/pods?watch=1", "--cacert", "/nonexistent/ca.pem"], "No such file"),
+        pytest.param(["https://x/api/v1/pods?watch=1", "--token-env", "K8S_WS_NOT_SET"], "K8S_WS_NOT_SET is not set", id="token variable not set"),
+        pytest.param(["https://x/api/v1/pods?watch=1", "--token-file", "/nonexistent/token"], "cannot read /nonexistent/token", id="token file missing"),
+        pytest.param(["https://x/k8s/clusters/c-m-1"], "not a Kubernetes API path", id="not an API path"),
+        pytest.param(["ftp://x/api/v1/pods"], "must start with", id="bad URL"),
+        pytest.param(["https://x/api/v1/pods?watch=1", "--cacert", "/nonexistent/ca.pem"], "No such file", id="CA file missing"),
     ],
 )
 def test_bad_usage_exits_2(capsys, argv, error):

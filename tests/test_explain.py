@@ -1,21 +1,29 @@
 """`k8s-ws explain` and the mitmproxy commands kubews.rules, kubews.reload, kubews.explain
 (interface.md §7): the rule that matches and the request as forwarded (§4), tokens redacted (§6)."""
 
-import base64
 import shlex
 
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
+from helpers import (
+    BEARER_PREFIX,
+    BROWSER_UA,
+    KUBECONFIG_TOKEN,
+    PAGE_ORIGIN,
+    TOKEN,
+    fingerprint_of,
+    redacted,
+    secret_forms,
+    standard_entry,
+)
 from kubews import cli
-from kubews.mitm import K8sWs
-from kubews import BEARER_PREFIX, fingerprint
 from kubews.explain import Target, parse_header_lines, parse_target
+from kubews.mitm import K8sWs
 
-TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
-STORED = "kubeconfig-u-abcde:qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq"
-HEADLAMP_ENTRY = BEARER_PREFIX + base64.b64encode(TOKEN.encode()).decode().rstrip("=")  # facts §5
+STORED = KUBECONFIG_TOKEN  # the rule's stored token
+HEADLAMP_ENTRY = standard_entry(TOKEN)  # facts §5
 EXEC = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec?command=sh&stdout=1"
 RULES = """\
 rules:
@@ -34,11 +42,11 @@ rules:
     token: {env: K8S_WS_EXPLAIN_TOKEN}
 """
 HEADLAMP = [
-    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/156.0",
-    "Origin: http://localhost:4466",
+    f"User-Agent: {BROWSER_UA}",
+    f"Origin: {PAGE_ORIGIN}",
     f"Sec-WebSocket-Protocol: base64.binary.k8s.io, v4.channel.k8s.io, {HEADLAMP_ENTRY}",
 ]
-REDACTED = f"<redacted {fingerprint(TOKEN)}>"
+REDACTED = redacted(TOKEN)
 
 
 @pytest.fixture
@@ -52,7 +60,7 @@ def rules_file(tmp_path, monkeypatch):
 def run(capsys, *argv):
     status = cli.main(list(argv))
     out, err = capsys.readouterr()
-    for secret in (TOKEN, STORED, HEADLAMP_ENTRY[len(BEARER_PREFIX) :]):
+    for secret in (*secret_forms(TOKEN), *secret_forms(STORED)):
         assert secret not in out and secret not in err
     return status, out, err
 
@@ -73,11 +81,11 @@ def forwarded(lines, name):
 @pytest.mark.parametrize(
     "url, target, host_header",
     [
-        ("wss://rancher.test/k8s/x?watch=1", Target("https", "rancher.test", 443, "/k8s/x", "watch=1"), "rancher.test"),
-        ("https://rancher.test:443/a", Target("https", "rancher.test", 443, "/a", ""), "rancher.test"),
-        ("ws://kube.test:8080/a", Target("http", "kube.test", 8080, "/a", ""), "kube.test:8080"),
-        ("HTTP://Kube.test", Target("http", "kube.test", 80, "/", ""), "kube.test"),
-        ("wss://[::1]:6443/api", Target("https", "::1", 6443, "/api", ""), "[::1]:6443"),
+        pytest.param("wss://rancher.test/k8s/x?watch=1", Target("https", "rancher.test", 443, "/k8s/x", "watch=1"), "rancher.test", id="wss with a query"),
+        pytest.param("https://rancher.test:443/a", Target("https", "rancher.test", 443, "/a", ""), "rancher.test", id="https, default port given"),
+        pytest.param("ws://kube.test:8080/a", Target("http", "kube.test", 8080, "/a", ""), "kube.test:8080", id="ws, another port"),
+        pytest.param("HTTP://Kube.test", Target("http", "kube.test", 80, "/", ""), "kube.test", id="upper case, no path"),
+        pytest.param("wss://[::1]:6443/api", Target("https", "::1", 6443, "/api", ""), "[::1]:6443", id="IPv6"),
     ],
 )
 def test_parse_target(url, target, host_header):
@@ -85,7 +93,14 @@ def test_parse_target(url, target, host_header):
     assert target.host_header == host_header  # as a browser sends Host: no default port
 
 
-@pytest.mark.parametrize("url, error", [("ftp://x/", "must start with"), ("https:///path", "no host"), ("https://h:99999/", "[Pp]ort")])
+@pytest.mark.parametrize(
+    "url, error",
+    [
+        pytest.param("ftp://x/", "must start with", id="ftp"),
+        pytest.param("https:///path", "no host", id="no host"),
+        pytest.param("https://h:99999/", "[Pp]ort", id="port out of range"),
+    ],
+)
 def test_parse_target_refuses(url, error):
     with pytest.raises(ValueError, match=error):
         parse_target(url)
@@ -105,7 +120,7 @@ def test_header_line_errors_never_quote_the_line():
 def test_header_mode_moves_the_token_and_redacts_it(capsys, rules_file):
     lines = explain_lines(capsys, rules_file, f"wss://rancher.test{EXEC}", HEADLAMP)
     assert lines[1].startswith("rule 'header': hosts rancher.test")
-    assert "token moved to Authorization" in lines[2] and fingerprint(TOKEN) in lines[2]
+    assert "token moved to Authorization" in lines[2] and fingerprint_of(TOKEN) in lines[2]
     assert f"  GET {EXEC} HTTP/1.1" in lines
     assert forwarded(lines, "Authorization") == [f"Bearer {REDACTED}"]
     assert forwarded(lines, "Sec-WebSocket-Protocol") == ["base64.binary.k8s.io, v4.channel.k8s.io"]
@@ -118,7 +133,7 @@ def test_subprotocol_mode_keeps_the_entry_redacted(capsys, rules_file):
     assert lines[1].startswith("rule 'subprotocol'")
     assert forwarded(lines, "Authorization") == []
     assert forwarded(lines, "Sec-WebSocket-Protocol") == [f"base64.binary.k8s.io, v4.channel.k8s.io, {BEARER_PREFIX}{REDACTED}"]
-    assert forwarded(lines, "Origin") == ["http://localhost:4466"]
+    assert forwarded(lines, "Origin") == [PAGE_ORIGIN]
 
 
 def test_both_mode_sets_the_header_and_keeps_the_entry(capsys, rules_file):
@@ -131,8 +146,8 @@ def test_both_mode_sets_the_header_and_keeps_the_entry(capsys, rules_file):
 
 def test_stored_token_is_injected_and_shown_by_fingerprint(capsys, rules_file):
     lines = explain_lines(capsys, rules_file, "wss://stored.test/api/v1/pods?watch=1", ["Sec-WebSocket-Protocol: base64.binary.k8s.io"])
-    assert f"token env K8S_WS_EXPLAIN_TOKEN ({fingerprint(STORED)})" in lines[1]
-    assert forwarded(lines, "Authorization") == [f"Bearer <redacted {fingerprint(STORED)}>"]
+    assert f"token env K8S_WS_EXPLAIN_TOKEN ({fingerprint_of(STORED)})" in lines[1]
+    assert forwarded(lines, "Authorization") == [f"Bearer <redacted {fingerprint_of(STORED)}>"]
 
 
 def test_client_authorization_is_redacted_when_kept(capsys, rules_file):
@@ -149,8 +164,13 @@ def test_refusal_says_nothing_is_forwarded(capsys, rules_file):
 @pytest.mark.parametrize(
     "url, headers, why",
     [
-        ("wss://elsewhere.test/api/v1/pods?watch=1", HEADLAMP, "no rule's hosts and paths match elsewhere.test:443 /api/v1/pods"),
-        (f"wss://rancher.test{EXEC}", [*HEADLAMP, "Upgrade: h2c"], "not a WebSocket upgrade"),
+        pytest.param(
+            "wss://elsewhere.test/api/v1/pods?watch=1",
+            HEADLAMP,
+            "no rule's hosts and paths match elsewhere.test:443 /api/v1/pods",
+            id="no rule for the host",
+        ),
+        pytest.param(f"wss://rancher.test{EXEC}", [*HEADLAMP, "Upgrade: h2c"], "not a WebSocket upgrade", id="not an upgrade"),
     ],
 )
 def test_no_rule_forwards_unchanged_still_redacted(capsys, rules_file, url, headers, why):
@@ -167,8 +187,8 @@ def test_default_rules_are_the_shipped_ones(capsys):
 @pytest.mark.parametrize(
     "argv, error",
     [
-        (["explain", "ftp://x/"], "must start with"),
-        (["explain", "wss://x/api/v1/pods", "-H", f"Bearer {TOKEN}"], "header 1 is not"),
+        pytest.param(["explain", "ftp://x/"], "must start with", id="bad URL"),
+        pytest.param(["explain", "wss://x/api/v1/pods", "-H", f"Bearer {TOKEN}"], "header 1 is not", id="bad header line"),
     ],
 )
 def test_explain_bad_usage_exits_2(capsys, argv, error):
@@ -212,7 +232,7 @@ def test_kubews_rules_lists_every_rule_without_tokens(tctx, rules_file):
     shown = tctx.master.commands.execute("kubews.rules")
     assert shown.splitlines()[0] == f"4 rules from {rules_file}"
     assert [line.split("'")[1] for line in shown.splitlines()[1:]] == ["header", "subprotocol", "both", "stored"]
-    assert STORED not in shown and fingerprint(STORED) in shown
+    assert STORED not in shown and fingerprint_of(STORED) in shown
 
 
 def test_kubews_reload_rereads_and_keeps_the_last_good(tctx, rules_file):

@@ -4,7 +4,6 @@ the addon's hooks that log it as a WARNING and keep it in flow.metadata (interfa
 Answers are written as the facts describe them (status, headers, body), not taken from the code.
 """
 
-import base64
 import json
 import logging
 
@@ -12,13 +11,11 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-import kubews as core
-from kubews.mitm import K8sWs
+from helpers import BROWSER_UA, ODD, PAGE_ORIGIN, TOKEN, b64std, base64url_entry, secret_forms, standard_entry, upgrade_flow
 from kubews.hints import Answer, Sent, handshake_hint, offered_protocols, transport_hint
+from kubews.mitm import K8sWs
 
-TOKEN = "token-abcde:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
-ENTRY = core.encode_token(TOKEN)
-BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/156.0"
+ENTRY = base64url_entry(TOKEN)
 EXEC = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods/p/exec"
 WATCH = "/k8s/clusters/c-m-healthy/api/v1/namespaces/default/pods"
 CATTLE_FALSE = (("X-Api-Cattle-Auth", "false"), ("X-Content-Type-Options", "nosniff"))
@@ -50,14 +47,14 @@ BEARER = ("Authorization", f"Bearer {TOKEN}")
 def hint_text(hint):
     assert hint is not None
     text = str(hint)
-    assert TOKEN not in text and ENTRY not in text and ENTRY[len(core.BEARER_PREFIX) :] not in text
+    assert not any(form in text for form in secret_forms(TOKEN))
     return text
 
 
 # --- Rancher's 401 ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("answer", [MUST_AUTHENTICATE, NOT_AUTHORIZED])
+@pytest.mark.parametrize("answer", [MUST_AUTHENTICATE, NOT_AUTHORIZED], ids=["must authenticate", "not authorized"])
 def test_rancher_401_with_token_left_in_subprotocol_says_auth_header(answer):
     hint = handshake_hint(sent(protocols("v4.channel.k8s.io", ENTRY), rule="keep-entry"), answer)
     hint_text(hint)
@@ -72,7 +69,13 @@ def test_rancher_401_without_a_rule_says_to_add_one_for_the_host():
     assert "no rule" in hint.fix and "rancher.test" in hint.fix
 
 
-@pytest.mark.parametrize("answer, said", [(MUST_AUTHENTICATE, "must authenticate"), (NOT_AUTHORIZED, "not authorized")])
+@pytest.mark.parametrize(
+    "answer, said",
+    [
+        pytest.param(MUST_AUTHENTICATE, "must authenticate", id="must authenticate"),
+        pytest.param(NOT_AUTHORIZED, "not authorized", id="not authorized"),
+    ],
+)
 def test_rancher_401_with_authorization_is_a_refused_token(answer, said):
     hint = handshake_hint(sent(BEARER, protocols("v4.channel.k8s.io")), answer)
     hint_text(hint)
@@ -106,14 +109,16 @@ def test_apiserver_401_for_a_lone_bearer_entry_needs_another_protocol():
 # --- 403 --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", ["text/plain; charset=utf-8", "application/json"])  # before/since v2.15
+@pytest.mark.parametrize(
+    "content_type", ["text/plain; charset=utf-8", "application/json"], ids=["text before Rancher 2.15", "JSON since 2.15"]
+)
 def test_rancher_origin_not_allowed_names_the_rule_field(content_type):
-    request = sent(("User-Agent", BROWSER_UA), ("Origin", "http://localhost:4466"), BEARER, rule="keep-origin")
+    request = sent(("User-Agent", BROWSER_UA), ("Origin", PAGE_ORIGIN), BEARER, rule="keep-origin")
     hint = handshake_hint(request, Answer(403, (("Content-Type", content_type), *CATTLE_FALSE), ORIGIN_BODY))
     hint_text(hint)
     assert hint.setting == "origin: match-host"
     assert "rule 'keep-origin'" in hint.fix
-    assert "http://localhost:4466" in hint.meaning and "rancher.test" in hint.meaning
+    assert PAGE_ORIGIN in hint.meaning and "rancher.test" in hint.meaning
 
 
 def test_empty_403_on_exec_is_no_supported_protocol():
@@ -198,11 +203,12 @@ def test_empty_502_elsewhere_is_a_gateway_or_its_tls():
 @pytest.mark.parametrize(
     "offered, chosen, expected",
     [
-        (("base64.binary.k8s.io", "v4.channel.k8s.io"), "v4.channel.k8s.io", None),
-        ((), None, None),  # nothing offered, nothing chosen
-        (("base64.binary.k8s.io",), "v4.channel.k8s.io", "did not offer"),
-        (("base64.binary.k8s.io",), None, "names no protocol"),
-        (("base64.binary.k8s.io",), ENTRY, "did not offer"),  # never echoed by kube; never logged either
+        pytest.param(("base64.binary.k8s.io", "v4.channel.k8s.io"), "v4.channel.k8s.io", None, id="an offered one"),
+        pytest.param((), None, None, id="nothing offered, nothing chosen"),
+        pytest.param(("base64.binary.k8s.io",), "v4.channel.k8s.io", "did not offer", id="one not offered"),
+        pytest.param(("base64.binary.k8s.io",), None, "names no protocol", id="none chosen"),
+        # never echoed by kube; never logged either
+        pytest.param(("base64.binary.k8s.io",), ENTRY, "did not offer", id="the bearer entry"),
     ],
 )
 def test_101_protocol_must_be_one_the_client_offered(offered, chosen, expected):
@@ -229,6 +235,33 @@ def test_other_errors_quote_identifiers_only():
     assert "500" in text and "InternalError" in text and "from Rancher" in text
 
 
+@pytest.mark.parametrize(
+    "fields, quoted",
+    [
+        pytest.param({"reason": TOKEN}, [], id="reason is the token"),
+        pytest.param({"reason": f"invalid bearer token {TOKEN}"}, [], id="reason is a sentence with the token"),
+        pytest.param({"reason": b64std(TOKEN)}, [], id="reason is the token's base64, a long bare word"),
+        pytest.param({"reason": ODD}, [], id="reason holds no letter"),
+        pytest.param({"reason": ["InternalError"]}, [], id="reason is a list"),
+        pytest.param({"code": TOKEN}, [], id="code is the token"),
+        pytest.param({"code": f"bad token {TOKEN}"}, [], id="code is a sentence with the token"),
+        pytest.param({"reason": TOKEN, "code": "ServerError"}, ["code ServerError"], id="reason the token, code a word"),
+        pytest.param({"reason": "InternalError", "code": b64std(TOKEN)}, ["reason InternalError"], id="reason a word, code the base64"),
+    ],
+)
+def test_error_body_fields_are_quoted_only_when_they_are_bare_words(fields, quoted):
+    """A field of the upstream's error body is quoted in the hint only if it is a short bare word:
+    anything else may hold a token (hints.py's _IDENTIFIER)."""
+    for rancher in (False, True):
+        answer = Answer(500, CATTLE_FALSE if rancher else (), json.dumps({"kind": "Status", **fields}).encode())
+        text = hint_text(handshake_hint(sent(BEARER), answer))
+        assert "500" in text and ("from Rancher" in text) is rancher  # still says what it can
+        assert all(q in text for q in quoted)
+        assert ("reason " in text) is any(q.startswith("reason ") for q in quoted)
+        assert ("code " in text) is any(q.startswith("code ") for q in quoted)
+        assert ODD not in text
+
+
 def test_a_k8s_ws_refusal_upstream_is_quoted():
     body = b"k8s_ws: rule 'r': 2 bearer entries in Sec-WebSocket-Protocol; at most one is allowed\n"
     hint = handshake_hint(sent(BEARER), Answer(400, (("Content-Type", "text/plain"),), body))
@@ -238,9 +271,18 @@ def test_a_k8s_ws_refusal_upstream_is_quoted():
 @pytest.mark.parametrize(
     "message, meaning, fix",
     [
-        ("Certificate verify failed: unable to get local issuer certificate", "not trusted", "use --the-ca"),  # mitmproxy
-        ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)", "not trusted", "use --the-ca"),
-        ("[Errno 111] Connect call failed ('127.0.0.1', 1)", "nothing accepts connections", "check the host and port"),
+        pytest.param(
+            "Certificate verify failed: unable to get local issuer certificate", "not trusted", "use --the-ca", id="mitmproxy's TLS error"
+        ),
+        pytest.param(
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)",
+            "not trusted",
+            "use --the-ca",
+            id="Python's TLS error",
+        ),
+        pytest.param(
+            "[Errno 111] Connect call failed ('127.0.0.1', 1)", "nothing accepts connections", "check the host and port", id="refused"
+        ),
     ],
 )
 def test_transport_hints(message, meaning, fix):
@@ -254,7 +296,7 @@ def test_unknown_transport_error_has_no_hint():
 
 # --- the addon's hooks: WARNING lines and flow.metadata -----------------------------------------
 
-HEADLAMP_ENTRY = core.BEARER_PREFIX + base64.b64encode(TOKEN.encode()).decode().rstrip("=")  # facts §5
+HEADLAMP_ENTRY = standard_entry(TOKEN)  # facts §5
 
 
 @pytest.fixture
@@ -267,17 +309,13 @@ def addon(tmp_path):
         yield addon
 
 
-def upgrade_flow(path=EXEC, protocol_line=f"base64.binary.k8s.io, v4.channel.k8s.io, {HEADLAMP_ENTRY}"):
-    request = http.Request.make(
-        "GET",
+def headlamp_flow(path=EXEC, protocol_line=f"base64.binary.k8s.io, v4.channel.k8s.io, {HEADLAMP_ENTRY}"):
+    return upgrade_flow(
         f"https://rancher.test{path}",
-        headers=[
-            (b"Host", b"rancher.test"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"),
-            (b"User-Agent", BROWSER_UA.encode()), (b"Origin", b"http://localhost:4466"),
-            (b"Sec-WebSocket-Protocol", protocol_line.encode()),
-        ],
+        ("User-Agent", BROWSER_UA),
+        ("Origin", PAGE_ORIGIN),
+        ("Sec-WebSocket-Protocol", protocol_line),
     )
-    return tflow.tflow(req=request)
 
 
 def answer_with(addon, flow, status, headers=(), body=b""):
@@ -294,7 +332,7 @@ def warnings_of(caplog):
 
 
 def test_the_addon_warns_with_the_hint_and_keeps_it_in_metadata(addon, caplog):
-    flow = upgrade_flow()
+    flow = headlamp_flow()
     with caplog.at_level(logging.INFO, logger="k8s_ws"):
         answer_with(addon, flow, 403, [("Content-Type", "application/json"), *CATTLE_FALSE], ORIGIN_BODY)
     (warning,) = warnings_of(caplog)
@@ -302,18 +340,18 @@ def test_the_addon_warns_with_the_hint_and_keeps_it_in_metadata(addon, caplog):
     decision = flow.metadata["k8s_ws"]
     assert decision["offered"] == ["base64.binary.k8s.io", "v4.channel.k8s.io"]  # what the client offered, no token
     assert decision["hint"] == warning.split("upstream 403: ", 1)[1]
-    assert TOKEN not in caplog.text and HEADLAMP_ENTRY not in str(flow.metadata)
+    assert not any(form in caplog.text or form in str(flow.metadata) for form in secret_forms(TOKEN))
 
 
 def test_no_warning_for_a_101_with_an_offered_protocol(addon, caplog):
-    flow = upgrade_flow()
+    flow = headlamp_flow()
     with caplog.at_level(logging.INFO, logger="k8s_ws"):
         answer_with(addon, flow, 101, [("Upgrade", "websocket"), ("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
     assert warnings_of(caplog) == [] and "hint" not in flow.metadata["k8s_ws"]
 
 
 def test_a_101_protocol_is_compared_with_the_client_offer(addon, caplog):
-    flow = upgrade_flow()
+    flow = headlamp_flow()
     with caplog.at_level(logging.INFO, logger="k8s_ws"):
         answer_with(addon, flow, 101, [("Upgrade", "websocket"), ("Sec-WebSocket-Protocol", HEADLAMP_ENTRY)])
     (warning,) = warnings_of(caplog)
@@ -322,7 +360,7 @@ def test_a_101_protocol_is_compared_with_the_client_offer(addon, caplog):
 
 
 def test_an_unmatched_kubernetes_upgrade_is_hinted_too(addon, caplog):
-    flow = upgrade_flow(path="/api/v1/namespaces/default/pods/p/exec")
+    flow = headlamp_flow(path="/api/v1/namespaces/default/pods/p/exec")
     with caplog.at_level(logging.INFO, logger="k8s_ws"):
         answer_with(addon, flow, 401, MUST_AUTHENTICATE.headers, MUST_AUTHENTICATE.body)
     (warning,) = warnings_of(caplog)
@@ -339,7 +377,7 @@ def test_other_traffic_gets_no_hint(addon, caplog):
 
 
 def test_the_addons_own_refusal_is_not_hinted_as_upstream(addon, caplog):
-    flow = upgrade_flow(protocol_line=HEADLAMP_ENTRY)  # no other protocol: refused (interface §4)
+    flow = headlamp_flow(protocol_line=HEADLAMP_ENTRY)  # no other protocol: refused (interface §4)
     with caplog.at_level(logging.INFO, logger="k8s_ws"):
         addon.requestheaders(flow)
         addon.responseheaders(flow)
@@ -349,7 +387,7 @@ def test_the_addons_own_refusal_is_not_hinted_as_upstream(addon, caplog):
 
 
 def test_upstream_tls_failure_is_hinted(addon, caplog):
-    flow = upgrade_flow()
+    flow = headlamp_flow()
     addon.requestheaders(flow)
     flow.error = tflow.terr("Certificate verify failed: unable to get local issuer certificate")
     with caplog.at_level(logging.INFO, logger="k8s_ws"):

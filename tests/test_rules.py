@@ -1,5 +1,6 @@
 """Tables for the rules file: what loads, and where each error points."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kubews import Auth, ClientAuthorization, OriginAction, Rule, TokenError, TokenSource
+from kubews import Auth, ClientAuthorization, Destination, Handshake, OriginAction, Rule, RuleSet, TokenError, TokenSource
 from kubews.rulesfile import RulesError, default_rules_path, load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,47 +46,107 @@ rules:
     )
 
 
-def test_custom_user_agent():
-    (rule,) = parse_rules('rules:\n  - {name: a, hosts: ["*"], user_agent: "k8s-ws/1 (proxy)"}\n')
-    assert rule.user_agent == "k8s-ws/1 (proxy)"
+RULE = "rules:\n  - name: a\n    hosts: [x]\n"  # a valid rule to add one line to; line 4 is the next
 
 
 @pytest.mark.parametrize(
-    "text, error",
+    "text, where, names",
     [
-        ("rules:\n  - name: a\n    hosts: [x]\n    colour: red\n", "4:5: rule 1: unknown key 'colour'"),
-        ("rules:\n  - name: a\n    hosts: [x]\n  - name: a\n    hosts: [y]\n", "4:5: rule 'a': duplicate name"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    hosts: [y]\n", "4:5: rule 1: duplicate key 'hosts'"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    auth: cookie\n", "4:11: rule 'a': auth: unknown value 'cookie'"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    authorization: merge\n", "4:20: rule 'a': authorization: unknown value"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    origin: yes\n", "4:13: rule 'a': origin must be a string"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    origin: host\n", "4:13: rule 'a': origin: unknown value 'host'"),
-        ("rules:\n  - name: a\n    hosts: 7\n", "3:12: rule 'a': hosts must be a non-empty list of strings"),
-        ("rules:\n  - name: a\n    hosts: []\n", "3:12: rule 'a': hosts must be a non-empty list"),
-        ("rules:\n  - name: a\n    hosts: ['ho st']\n", "3:13: rule 'a': hosts: bad glob 'ho st'"),
-        ("rules:\n  - name: a\n    hosts: ['h[a']\n", "3:13: rule 'a': hosts: bad glob 'h[a': unclosed '['"),
-        ("rules:\n  - name: a\n    hosts: ['h:port']\n", "3:13: rule 'a': hosts: bad glob"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    paths: [api/*]\n", "4:13: rule 'a': paths: bad glob 'api/*'"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    paths: ['/a[b']\n", "4:13: rule 'a': paths: bad glob '/a[b'"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    user_agent: ''\n", "4:17: rule 'a': user_agent must be keep"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    token: abc\n", "4:12: rule 'a': token must be a mapping"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    token: {vault: x}\n", "4:13: rule 'a': token: unknown key 'vault'"),
-        ("rules:\n  - name: a\n    hosts: [x]\n    token: {env: A, file: b}\n", "4:12: rule 'a': token needs exactly one"),
-        ("rules:\n  - hosts: [x]\n", "2:5: rule 1: 'name' is required"),
-        ("rules:\n  - name: a\n", "2:5: rule 'a': 'hosts' is required"),
-        ("rules:\n  - name: 3\n    hosts: [x]\n", "2:11: rule 1: name must be a string"),
-        ("version: 2\nrules: []\n", "1:10: version: unknown value '2'"),
-        ("rule:\n  - name: a\n", "1:1: the rules file: unknown key 'rule'"),
-        ("rules: {name: a}\n", "1:8: rules must be a list"),
-        ("- a\n", "1:1: the rules file must be a mapping"),
-        ("", "1:1: the rules file is empty"),
-        ("rules:\n  - name: a\n    hosts: [x\n", "YAML"),
+        pytest.param(RULE + "    colour: red\n", "4:5", ["colour"], id="unknown key"),
+        pytest.param(RULE + "  - name: a\n    hosts: [y]\n", "4:5", ["name", "'a'"], id="duplicate name"),
+        pytest.param(RULE + "    hosts: [y]\n", "4:5", ["hosts"], id="duplicate key"),
+        pytest.param(RULE + "    auth: cookie\n", "4:11", ["auth", "cookie"], id="unknown auth"),
+        pytest.param(RULE + "    authorization: merge\n", "4:20", ["authorization", "merge"], id="unknown authorization"),
+        pytest.param(RULE + "    origin: yes\n", "4:13", ["origin"], id="origin a boolean"),
+        pytest.param(RULE + "    origin: host\n", "4:13", ["origin", "host"], id="unknown origin"),
+        pytest.param("rules:\n  - name: a\n    hosts: 7\n", "3:12", ["hosts"], id="hosts a number"),
+        pytest.param("rules:\n  - name: a\n    hosts: []\n", "3:12", ["hosts"], id="hosts empty"),
+        pytest.param("rules:\n  - name: a\n    hosts: ['ho st']\n", "3:13", ["hosts", "'ho st'"], id="host glob with a space"),
+        pytest.param("rules:\n  - name: a\n    hosts: ['h[a']\n", "3:13", ["hosts", "'h[a'"], id="host glob with an unclosed ["),
+        pytest.param("rules:\n  - name: a\n    hosts: ['rancher[.test']\n", "3:13", ["hosts", "'rancher[.test'"], id="host glob rancher[.test"),
+        pytest.param("rules:\n  - name: a\n    hosts: [x, 'ran[ch[e]r.test']\n", "3:16", ["hosts", "'ran[ch[e]r.test'"], id="host glob with a nested ["),
+        pytest.param("rules:\n  - name: a\n    hosts: ['h:port']\n", "3:13", ["hosts", "'h:port'"], id="host glob with a named port"),
+        pytest.param("rules:\n  - name: a\n    hosts: ['h/x']\n", "3:13", ["hosts", "'h/x'"], id="host glob with a slash"),
+        pytest.param(RULE + "    paths: [api/*]\n", "4:13", ["paths", "'api/*'"], id="path glob without /"),
+        pytest.param(RULE + "    paths: ['/a[b']\n", "4:13", ["paths", "'/a[b'"], id="path glob with an unclosed ["),
+        pytest.param(RULE + "    paths: ['/a[b[c]]']\n", "4:13", ["paths", "'/a[b[c]]'"], id="path glob with a nested ["),
+        pytest.param(RULE + "    paths: ['/a b']\n", "4:13", ["paths", "'/a b'"], id="path glob with a space"),
+        pytest.param(RULE + "    user_agent: ''\n", "4:17", ["user_agent"], id="user_agent empty"),
+        pytest.param(RULE + '    user_agent: "   "\n', "4:17", ["user_agent"], id="user_agent blank"),
+        pytest.param(RULE + '    user_agent: "k8s-ws\\r\\nX-Injected: 1"\n', "4:17", ["user_agent"], id="user_agent with CRLF"),
+        pytest.param(RULE + '    user_agent: "k8s-ws\\rX-Injected: 1"\n', "4:17", ["user_agent"], id="user_agent with CR"),
+        pytest.param(RULE + '    user_agent: "k8s-ws\\nX-Injected: 1"\n', "4:17", ["user_agent"], id="user_agent with LF"),
+        pytest.param(RULE + '    user_agent: "k8s-ws\\0"\n', "4:17", ["user_agent"], id="user_agent with NUL"),
+        pytest.param(RULE + "    user_agent: |\n      two\n      lines\n", "4:17", ["user_agent"], id="user_agent a block"),
+        pytest.param(RULE + "    token: abc\n", "4:12", ["token"], id="token a string"),
+        pytest.param(RULE + "    token: {vault: x}\n", "4:13", ["token", "vault"], id="token from an unknown source"),
+        pytest.param(RULE + "    token: {env: A, file: b}\n", "4:12", ["token"], id="token from two sources"),
+        pytest.param(RULE + "    token: {}\n", "4:12", ["token"], id="token from no source"),
+        pytest.param(RULE + '    token: {env: " "}\n', "4:18", ["token", "env"], id="token env blank"),
+        pytest.param(RULE + '    token: {file: ""}\n', "4:19", ["token", "file"], id="token file empty"),
+        pytest.param(RULE + "    token: {file: [a]}\n", "4:19", ["token", "file"], id="token file a list"),
+        pytest.param("rules:\n  - hosts: [x]\n", "2:5", ["name"], id="no name"),
+        pytest.param("rules:\n  - name: a\n", "2:5", ["hosts"], id="no hosts"),
+        pytest.param("rules:\n  - name: 3\n    hosts: [x]\n", "2:11", ["name"], id="name a number"),
+        pytest.param('rules:\n  - name: "  "\n    hosts: [x]\n', "2:11", ["name"], id="name blank"),
+        pytest.param('rules:\n  - name: ""\n    hosts: [x]\n', "2:11", ["name"], id="name empty"),
+        pytest.param("version: 2\nrules: []\n", "1:10", ["version", "2"], id="unknown version"),
+        pytest.param("version: '1'\nrules: []\n", "1:10", ["version"], id="version a string"),
+        pytest.param("rule:\n  - name: a\n", "1:1", ["rule"], id="unknown top-level key"),
+        pytest.param("version: 1\n", "1:1", ["rules"], id="no rules"),
+        pytest.param("rules: {name: a}\n", "1:8", ["rules"], id="rules a mapping"),
+        pytest.param("- a\n", "1:1", ["rules"], id="a list at the top"),
+        pytest.param("", "1:1", ["rules"], id="empty file"),
+        pytest.param("rules:\n  - name: a\n    hosts: [x\n", "4:1", ["YAML"], id="YAML syntax"),
     ],
 )
-def test_errors_name_file_line_and_column(text, error):
+def test_errors_name_file_line_column_and_key(text, where, names):
     with pytest.raises(RulesError) as info:
         parse_rules(text, "rules.yaml")
-    assert any(e.startswith("rules.yaml:") and error in e for e in info.value.errors), info.value.errors
+    found = [e for e in info.value.errors if e.startswith(f"rules.yaml:{where}: ")]
+    assert found and all(name in found[0] for name in names), info.value.errors
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        pytest.param("k8s-ws/1 (proxy)", id="with spaces"),
+        pytest.param("a\tb", id="with a tab"),
+        pytest.param("tökén/1", id="non-ASCII"),
+    ],
+)
+def test_one_line_user_agents_load(user_agent):
+    (rule,) = parse_rules("rules:\n  - {name: a, hosts: ['*'], user_agent: %s}\n" % json.dumps(user_agent))
+    assert rule.user_agent == user_agent
+
+
+def test_names_are_trimmed():
+    (rule,) = parse_rules('rules:\n  - name: " a "\n    hosts: [x]\n')
+    assert rule.name == "a"
+
+
+@pytest.mark.parametrize(
+    "glob, host, port, other",
+    [
+        pytest.param("my-rancher.example.com", "my-rancher.example.com", 443, ("myrancher.example.com", 443), id="dash"),
+        pytest.param("*.rancher-internal:8443", "a.rancher-internal", 8443, ("a.rancher-internal", 443), id="dash and port"),
+        pytest.param("rancher[0-9].test", "rancher5.test", 443, ("rancherx.test", 443), id="class"),
+        pytest.param("rancher[!0-9].test", "rancherx.test", 443, ("rancher5.test", 443), id="negated class"),
+        pytest.param("rancher_1.test", "rancher_1.test", 443, ("rancher1.test", 443), id="underscore"),
+        pytest.param("kube.test:64[0-9]3", "kube.test", 6443, ("kube.test", 443), id="port class"),
+        pytest.param("10.0.0.9", "10.0.0.9", 443, ("10.0.0.19", 443), id="IPv4 address"),
+    ],
+)
+def test_host_globs_load_and_match(glob, host, port, other):
+    rules = parse_rules(f"rules:\n  - name: a\n    hosts: [{json.dumps(glob)}]\n")
+    assert rules[0].hosts == (glob,)
+    ruleset = RuleSet(rules)
+
+    def matches(name, port):
+        request = Handshake((Destination(name, True),), port, "/api/v1/pods", (("Upgrade", "websocket"),), "https", name)
+        return ruleset.match(request, ["websocket"]) is not None
+
+    assert matches(host, port) and not matches(*other)
 
 
 def test_every_error_is_reported():
@@ -98,6 +159,7 @@ def test_token_sources_are_read_at_load(tmp_path, monkeypatch):
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "control").write_text("to\x7fken\n")
     monkeypatch.setenv("K8S_WS_T", " from-env ")
     monkeypatch.delenv("K8S_WS_UNSET", raising=False)
     rules = tmp_path / "rules.yaml"
@@ -109,6 +171,7 @@ rules:
   - {{name: unset, hosts: [a], token: {{env: K8S_WS_UNSET}}}}
   - {{name: missing, hosts: [a], token: {{file: "{tmp_path / 'missing'}"}}}}
   - {{name: empty, hosts: [a], token: {{file: "{tmp_path / 'empty'}"}}}}
+  - {{name: control, hosts: [a], token: {{file: "{tmp_path / 'control'}"}}}}
 """
     )
     ruleset = load_rules(rules)
@@ -116,7 +179,10 @@ rules:
     assert isinstance(ruleset.tokens["unset"], TokenError) and "K8S_WS_UNSET is not set" in str(ruleset.tokens["unset"])
     assert "No such file" in str(ruleset.tokens["missing"])
     assert "empty" in str(ruleset.tokens["empty"])
-    assert ruleset.watched_files() == (str(rules), str(token_file), str(tmp_path / "missing"), str(tmp_path / "empty"))
+    assert isinstance(ruleset.tokens["control"], TokenError) and "to\x7fken" not in str(ruleset.tokens["control"])
+    assert ruleset.watched_files() == (
+        str(rules), *(str(tmp_path / name) for name in ("token", "missing", "empty", "control"))
+    )
 
 
 def test_missing_rules_file(tmp_path):
@@ -128,11 +194,12 @@ def test_default_rules_are_the_projects():
     assert default_rules_path() == ROOT / "rules.yaml"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args, status, stdout, stderr",
     [
-        ([], 0, "ok: 1 rules\n", ""),
-        ([str(ROOT / "rules.yaml")], 0, "ok: 1 rules\n", ""),
+        pytest.param([], 0, "ok: 1 rules\n", "", id="default rules"),
+        pytest.param([str(ROOT / "rules.yaml")], 0, "ok: 1 rules\n", "", id="rules file given"),
     ],
 )
 def test_check_command(args, status, stdout, stderr, tmp_path):
@@ -141,6 +208,7 @@ def test_check_command(args, status, stdout, stderr, tmp_path):
     assert (run.returncode, run.stdout, run.stderr) == (status, stdout, stderr)
 
 
+@pytest.mark.e2e
 def test_check_command_reports_each_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - name: a\n    hosts: [x]\n    auth: no\n  - name: b\n    hosts: ['a b']\n")

@@ -1,0 +1,264 @@
+"""kubews._decision: what a matched rule does to a WebSocket handshake (interface §4)."""
+
+import pytest
+
+import kubews as core
+from helpers import (
+    BEARER_PREFIX,
+    BROWSER_UA,
+    ODD,
+    TOKEN,
+    b64std,
+    base64url_entry,
+    fingerprint_of,
+    handshake,
+    secret_forms,
+    standard_entry,
+)
+from kubews import Auth, ClientAuthorization, Forward, OriginAction, Refuse, Rule, TokenError, TokenSource
+
+ENTRY = standard_entry(TOKEN)  # Headlamp's (facts §5)
+
+
+def protocols(*elements):
+    return ("Sec-WebSocket-Protocol", ", ".join(elements))
+
+
+def rule(**fields):
+    return Rule(**{"name": "r", "hosts": ("*",), **fields})
+
+
+def decide(request, *rules, tokens=None):
+    return core.decide(core.RuleSet(rules or (rule(),), tokens or {}), request)
+
+
+def sent(verdict, name):
+    assert isinstance(verdict, Forward), verdict
+    return core.header_values(verdict.headers, name)
+
+
+@pytest.mark.parametrize(
+    "lines, left",
+    [
+        pytest.param([protocols("base64.binary.k8s.io", ENTRY)], ["base64.binary.k8s.io"], id="entry last (Headlamp)"),
+        pytest.param([protocols(ENTRY, "base64.binary.k8s.io")], ["base64.binary.k8s.io"], id="entry first (OpenShift)"),
+        pytest.param([protocols("a", ENTRY, "b")], ["a, b"], id="entry in the middle, order kept"),
+        pytest.param([protocols(base64url_entry(TOKEN), "v4.channel.k8s.io")], ["v4.channel.k8s.io"], id="base64url (Gardener)"),
+        pytest.param([("Sec-WebSocket-Protocol", "a"), protocols(ENTRY)], ["a"], id="entry on a line of its own"),
+        pytest.param([("Sec-WebSocket-Protocol", f" a ,\t{ENTRY} ,b")], ["a, b"], id="spaces and tabs around commas"),
+        pytest.param([("sec-websocket-protocol", f"a,{BEARER_PREFIX}{b64std(TOKEN, pad=True)}")], ["a"], id="padded, lower-case name"),
+    ],
+)
+def test_header_mode_moves_token(lines, left):
+    verdict = decide(handshake(*lines))
+    assert sent(verdict, "Authorization") == [f"Bearer {TOKEN}"]
+    assert sent(verdict, "Sec-WebSocket-Protocol") == left
+    assert verdict.fingerprint == fingerprint_of(TOKEN)
+    assert "token moved to Authorization" in verdict.actions
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(ODD, id="both alphabets differ"),
+        pytest.param("tökén", id="UTF-8 letters"),
+    ],
+)
+@pytest.mark.parametrize("encode", [standard_entry, base64url_entry], ids=["standard", "base64url"])
+def test_any_usable_token_is_moved(token, encode):
+    verdict = decide(handshake(protocols("a", encode(token))))
+    assert sent(verdict, "Authorization") == [f"Bearer {token}"]
+
+
+def test_header_mode_other_headers_untouched():
+    request = handshake(("User-Agent", BROWSER_UA), ("Origin", "http://x"), protocols("a", ENTRY))
+    verdict = decide(request)
+    untouched = [h for h in request.headers if h[0] != "Sec-WebSocket-Protocol"]
+    assert [h for h in verdict.headers if h[0] not in ("Sec-WebSocket-Protocol", "Authorization")] == untouched
+
+
+def test_subprotocol_mode_forwards_list_unchanged():
+    request = handshake(("Sec-WebSocket-Protocol", f"a,  {ENTRY}"), ("Sec-WebSocket-Protocol", "b"))
+    verdict = decide(request, rule(auth=Auth.SUBPROTOCOL))
+    assert verdict.headers == request.headers
+    assert verdict.actions == ("token kept in subprotocol",)
+
+
+def test_both_mode_sets_header_and_keeps_entry():
+    line = protocols("a", ENTRY)
+    verdict = decide(handshake(line), rule(auth=Auth.BOTH))
+    assert sent(verdict, "Authorization") == [f"Bearer {TOKEN}"]
+    assert sent(verdict, "Sec-WebSocket-Protocol") == [line[1]]
+
+
+@pytest.mark.parametrize(
+    "auth, authorization, expected_authorization, expected_protocols",
+    [
+        pytest.param(Auth.HEADER, ClientAuthorization.KEEP, ["Bearer client"], ["a"], id="header, keep"),
+        pytest.param(Auth.HEADER, ClientAuthorization.REPLACE, [f"Bearer {TOKEN}"], ["a"], id="header, replace"),
+        pytest.param(Auth.BOTH, ClientAuthorization.KEEP, ["Bearer client"], [f"a, {ENTRY}"], id="both, keep"),
+        pytest.param(Auth.BOTH, ClientAuthorization.REPLACE, [f"Bearer {TOKEN}"], [f"a, {ENTRY}"], id="both, replace"),
+        pytest.param(Auth.SUBPROTOCOL, ClientAuthorization.KEEP, ["Bearer client"], [f"a, {ENTRY}"], id="subprotocol, keep"),
+        # the entry wins, so the client's header must not reach the server
+        pytest.param(Auth.SUBPROTOCOL, ClientAuthorization.REPLACE, [], [f"a, {ENTRY}"], id="subprotocol, replace"),
+    ],
+)
+def test_client_authorization(auth, authorization, expected_authorization, expected_protocols):
+    request = handshake(("Authorization", "Bearer client"), protocols("a", ENTRY))
+    verdict = decide(request, rule(auth=auth, authorization=authorization))
+    assert sent(verdict, "Authorization") == expected_authorization
+    assert sent(verdict, "Sec-WebSocket-Protocol") == expected_protocols
+
+
+def test_client_authorization_without_entry_passes_unchanged():
+    # kubectl, the Python and Node clients: a matching rule changes nothing.
+    request = handshake(
+        ("User-Agent", "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"),
+        ("Authorization", "Bearer kc-token"),
+        ("Sec-WebSocket-Protocol", "v5.channel.k8s.io,v4.channel.k8s.io"),
+        ("Origin", "https://rancher.test"),
+    )
+    verdict = decide(request, rule(origin=OriginAction.MATCH_HOST, authorization=ClientAuthorization.REPLACE))
+    assert verdict.headers == request.headers
+    assert verdict.fingerprint is None
+
+
+@pytest.mark.parametrize(
+    "value, expected, action",
+    [
+        pytest.param("keep", [BROWSER_UA, "second"], None, id="keep"),
+        pytest.param("remove", [], "User-Agent removed", id="remove"),
+        pytest.param("k8s-ws", ["k8s-ws"], "User-Agent replaced", id="a string"),
+    ],
+)
+def test_user_agent(value, expected, action):
+    request = handshake(("User-Agent", BROWSER_UA), ("User-Agent", "second"), protocols("a", ENTRY))
+    verdict = decide(request, rule(user_agent=value))
+    assert sent(verdict, "User-Agent") == expected
+    assert (action in verdict.actions) if action else not any("User-Agent" in a for a in verdict.actions)
+
+
+def test_user_agent_string_is_sent_when_client_sent_none():
+    assert sent(decide(handshake(protocols("a")), rule(user_agent="k8s-ws")), "User-Agent") == ["k8s-ws"]
+
+
+@pytest.mark.parametrize(
+    "origin, scheme, host, sent_origins, expected",
+    [
+        pytest.param(OriginAction.KEEP, "https", "r.test", ["http://page"], ["http://page"], id="keep"),
+        pytest.param(OriginAction.REMOVE, "https", "r.test", ["http://page"], [], id="remove"),
+        pytest.param(OriginAction.MATCH_HOST, "https", "r.test", ["http://page"], ["https://r.test"], id="match-host over TLS"),
+        pytest.param(OriginAction.MATCH_HOST, "http", "r.test:8080", ["http://page", "x"], ["http://r.test:8080"], id="match-host, plain, two lines"),
+        pytest.param(OriginAction.MATCH_HOST, "https", "r.test", [], [], id="match-host adds none"),
+    ],
+)
+def test_origin(origin, scheme, host, sent_origins, expected):
+    request = handshake(*(("Origin", o) for o in sent_origins), protocols("a"), host=host, scheme=scheme)
+    assert sent(decide(request, rule(origin=origin)), "Origin") == expected
+
+
+@pytest.mark.parametrize(
+    "auth, expect_authorization, expect_protocols",
+    [
+        pytest.param(Auth.HEADER, ["Bearer stored"], ["a"], id="header"),
+        pytest.param(Auth.BOTH, ["Bearer stored"], ["a"], id="both"),
+        pytest.param(Auth.SUBPROTOCOL, [], [f"a, {base64url_entry('stored')}"], id="subprotocol"),
+    ],
+)
+def test_stored_token_injected(auth, expect_authorization, expect_protocols):
+    source = rule(auth=auth, token=TokenSource("env", "T"))
+    verdict = decide(handshake(protocols("a")), source, tokens={"r": "stored"})
+    assert sent(verdict, "Authorization") == expect_authorization
+    assert sent(verdict, "Sec-WebSocket-Protocol") == expect_protocols
+    assert verdict.fingerprint == fingerprint_of("stored")
+    assert verdict.uses_stored_token
+
+
+def test_empty_entry_counts_as_no_token():
+    verdict = decide(handshake(protocols("a", BEARER_PREFIX)), rule(token=TokenSource("env", "T")), tokens={"r": "stored"})
+    assert sent(verdict, "Authorization") == ["Bearer stored"]
+    assert sent(verdict, "Sec-WebSocket-Protocol") == ["a"]
+
+
+@pytest.mark.parametrize(
+    "request_headers",
+    [
+        pytest.param([protocols("a", ENTRY)], id="the client's bearer entry"),
+        pytest.param([("Authorization", "Bearer mine"), protocols("a")], id="the client's Authorization"),
+    ],
+)
+def test_stored_token_not_used_when_client_has_one(request_headers):
+    verdict = decide(handshake(*request_headers), rule(token=TokenSource("env", "T")), tokens={"r": "stored"})
+    assert "stored" not in str(verdict.headers) and not verdict.uses_stored_token
+
+
+def test_the_verdict_carries_the_rule_itself():
+    chosen = rule(name="chosen", hosts=("rancher.test",))
+    assert decide(handshake(protocols("a")), chosen).rule is chosen
+    assert decide(handshake(protocols("a", ENTRY, ENTRY)), chosen).rule is chosen
+
+
+@pytest.mark.parametrize(
+    "request_headers, rule_fields, status",
+    [
+        pytest.param([protocols("a", ENTRY, standard_entry("other"))], {}, 400, id="two bearer entries"),
+        pytest.param([protocols("a", ENTRY), protocols(standard_entry("other"))], {}, 400, id="two entries on two lines"),
+        pytest.param([protocols("a", ENTRY, ENTRY)], {"auth": Auth.SUBPROTOCOL}, 400, id="the same entry twice"),
+        pytest.param([protocols("a", BEARER_PREFIX + "a")], {}, 400, id="truncated base64"),
+        pytest.param([protocols("a", BEARER_PREFIX + "YW*i")], {"auth": Auth.SUBPROTOCOL}, 400, id="not base64, subprotocol"),
+        pytest.param([protocols("a", BEARER_PREFIX + "YW**Jj")], {}, 400, id="characters of no alphabet"),
+        pytest.param([protocols("a", BEARER_PREFIX + "Pj4_Pj4/")], {}, 400, id="mixes _ with /"),
+        pytest.param([protocols("a", BEARER_PREFIX + "Pj4-Pj4+")], {}, 400, id="mixes - with +"),
+        pytest.param([protocols("a", standard_entry("token\x7f"))], {}, 400, id="DEL in the token"),
+        pytest.param([protocols("a", standard_entry("tok\x85en"))], {}, 400, id="C1 control in the token"),
+        pytest.param([protocols("a", standard_entry("a\r\nX-Injected: 1"))], {}, 400, id="CRLF in the token"),
+        pytest.param([protocols(ENTRY)], {}, 400, id="no other protocol left"),
+        pytest.param([protocols(BEARER_PREFIX)], {}, 400, id="an empty entry alone"),
+        pytest.param([protocols("a")], {"token": TokenSource("file", "/nope")}, 500, id="token source unreadable"),
+    ],
+)
+def test_refusals(request_headers, rule_fields, status):
+    tokens = {"r": TokenError("cannot read /nope: No such file or directory")}
+    verdict = decide(handshake(*request_headers), rule(**rule_fields), tokens=tokens)
+    assert isinstance(verdict, Refuse)
+    assert verdict.status == status
+    assert verdict.body.startswith("k8s_ws: rule 'r': ") and verdict.body.endswith("\n") and verdict.body.count("\n") == 1
+    assert not any(form in verdict.body for form in secret_forms(TOKEN))
+
+
+def test_lone_entry_is_fine_when_entry_is_kept():
+    assert isinstance(decide(handshake(protocols(ENTRY)), rule(auth=Auth.SUBPROTOCOL)), Forward)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="product bug: a non-ASCII bearer payload raises ValueError out of decide (the addon answers "
+    "500) instead of a 400 refusal (interface §4: any other character, non-ASCII included, 400 never 500)",
+)
+def test_non_ascii_payload_is_a_400_refusal():
+    verdict = decide(handshake(protocols("a", BEARER_PREFIX + "YWJé")))
+    assert isinstance(verdict, Refuse) and verdict.status == 400
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="product bug: elements are trimmed of SP and HTAB only, not of every space Go's "
+    "strings.TrimSpace trims, and an obs-fold is not unfolded (interface §4, facts §1, §6): such "
+    "an entry stays where it is, and kube-apiserver still reads it as one",
+)
+@pytest.mark.parametrize(
+    "space",
+    [
+        pytest.param("\x0b", id="VT"),
+        pytest.param("\x0c", id="FF"),
+        pytest.param("\xa0", id="NBSP"),
+        pytest.param("\u2003", id="EM SPACE"),
+        pytest.param("\r\n ", id="obs-fold"),
+    ],
+)
+def test_entry_after_any_space_is_moved(space):
+    verdict = decide(handshake(("Sec-WebSocket-Protocol", f"a,{space}{ENTRY}")))
+    assert sent(verdict, "Authorization") == [f"Bearer {TOKEN}"]
+    assert not any(form in str(verdict.headers) for form in secret_forms(TOKEN) if form != TOKEN)
