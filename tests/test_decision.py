@@ -110,17 +110,41 @@ def test_client_authorization(auth, authorization, expected_authorization, expec
     assert sent(verdict, "Sec-WebSocket-Protocol") == expected_protocols
 
 
-def test_client_authorization_without_entry_passes_unchanged():
-    # kubectl, the Python and Node clients: a matching rule changes nothing.
+@pytest.mark.parametrize("auth", list(Auth), ids=lambda a: a.value)
+@pytest.mark.parametrize("authorization", list(ClientAuthorization), ids=lambda a: a.value)
+@pytest.mark.parametrize(
+    "protocol_lines",
+    [
+        pytest.param([("Sec-WebSocket-Protocol", "v5.channel.k8s.io,v4.channel.k8s.io")], id="kubectl's protocols"),
+        pytest.param([], id="no protocol at all"),
+    ],
+)
+def test_client_authorization_without_entry_passes_unchanged(auth, authorization, protocol_lines):
+    # kubectl, the Python and Node clients: a matching rule changes nothing, whatever its settings.
     request = handshake(
         ("User-Agent", "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"),
         ("Authorization", "Bearer kc-token"),
-        ("Sec-WebSocket-Protocol", "v5.channel.k8s.io,v4.channel.k8s.io"),
+        *protocol_lines,
         ("Origin", "https://rancher.test"),
     )
-    verdict = decide(request, rule(origin=OriginAction.MATCH_HOST, authorization=ClientAuthorization.REPLACE))
+    verdict = decide(request, rule(auth=auth, authorization=authorization, origin=OriginAction.MATCH_HOST))
+    assert isinstance(verdict, Forward)
     assert verdict.headers == request.headers
     assert verdict.fingerprint is None
+    assert verdict.actions == ("nothing to change",)
+
+
+@pytest.mark.parametrize(
+    "auth, said",
+    [
+        pytest.param(Auth.HEADER, "bearer entry removed", id="header"),
+        pytest.param(Auth.BOTH, "bearer entry kept", id="both"),
+    ],
+)
+def test_actions_say_what_became_of_the_entry(auth, said):
+    verdict = decide(handshake(protocols("a", ENTRY)), rule(auth=auth))
+    assert said in verdict.actions
+    assert not any(a.startswith("bearer entry") and a != said for a in verdict.actions)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +167,20 @@ def test_user_agent_string_is_sent_when_client_sent_none():
 
 
 @pytest.mark.parametrize(
+    "user_agent, sent_agents",
+    [
+        pytest.param("remove", [], id="remove, none sent"),
+        pytest.param("k8s-ws", ["k8s-ws"], id="the same string sent"),
+    ],
+)
+def test_no_user_agent_action_when_nothing_changes(user_agent, sent_agents):
+    request = handshake(*(("User-Agent", a) for a in sent_agents), protocols("a"))
+    verdict = decide(request, rule(user_agent=user_agent))
+    assert verdict.headers == request.headers
+    assert not any("User-Agent" in a for a in verdict.actions)
+
+
+@pytest.mark.parametrize(
     "origin, scheme, host, sent_origins, expected",
     [
         pytest.param(OriginAction.KEEP, "https", "r.test", ["http://page"], ["http://page"], id="keep"),
@@ -155,6 +193,13 @@ def test_user_agent_string_is_sent_when_client_sent_none():
 def test_origin(origin, scheme, host, sent_origins, expected):
     request = handshake(*(("Origin", o) for o in sent_origins), protocols("a"), host=host, scheme=scheme)
     assert sent(decide(request, rule(origin=origin)), "Origin") == expected
+
+
+def test_no_origin_action_when_it_matches_already():
+    request = handshake(("Origin", "https://rancher.test"), protocols("a"))
+    verdict = decide(request, rule(origin=OriginAction.MATCH_HOST))
+    assert verdict.headers == request.headers
+    assert not any("Origin" in a for a in verdict.actions)
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,12 @@ def test_rancher_401_with_authorization_is_a_refused_token(answer, said):
     assert hint.setting is None
 
 
+def test_rancher_401_with_authorization_and_an_entry_is_a_refused_token():
+    # auth: both: Rancher had the token in Authorization, so the entry left in place is not the cause.
+    hint = handshake_hint(sent(BEARER, protocols("v4.channel.k8s.io", ENTRY), rule="both"), MUST_AUTHENTICATE)
+    assert "refused the token" in hint_text(hint) and hint.setting is None
+
+
 def test_rancher_401_without_any_token_says_none_was_sent():
     hint = handshake_hint(sent(protocols("v4.channel.k8s.io")), MUST_AUTHENTICATE)
     assert "got no token" in hint.meaning
@@ -98,6 +104,12 @@ def test_apiserver_401_with_a_token_is_a_refused_token():
     for headers in ((BEARER, protocols("v4.channel.k8s.io")), (protocols("v4.channel.k8s.io", ENTRY),)):
         hint = handshake_hint(sent(*headers, rule=None), answer)
         assert hint_text(hint).startswith("the API server refused the token")
+
+
+def test_apiserver_401_with_authorization_and_no_protocol_is_a_refused_token():
+    answer = Answer(401, (), status_body(401, "Unauthorized", "Unauthorized"))
+    hint = handshake_hint(sent(BEARER, rule=None), answer)
+    assert hint_text(hint).startswith("the API server refused the token")
 
 
 def test_apiserver_401_for_a_lone_bearer_entry_needs_another_protocol():
@@ -262,6 +274,43 @@ def test_error_body_fields_are_quoted_only_when_they_are_bare_words(fields, quot
         assert ODD not in text
 
 
+@pytest.mark.parametrize(
+    "request_, answer",
+    [
+        pytest.param(
+            sent(BEARER, protocols("v4.channel.k8s.io")),
+            Answer(403, (), status_body(403, "Unknown", "some admission webhook said no")),
+            id="403 with a Status that is not Forbidden",
+        ),
+        pytest.param(sent(BEARER, protocols("a.k8s.io", "b.k8s.io")), Answer(400, (), b""), id="400 with two protocols, not a watch"),
+        pytest.param(
+            sent(BEARER, protocols("base64.binary.k8s.io"), path=WATCH, query="watch=1"), Answer(400, (), b""), id="400 on a watch with one protocol"
+        ),
+        pytest.param(
+            sent(BEARER, protocols("a.k8s.io", "b.k8s.io"), path=WATCH, query="watch=0"), Answer(400, (), b""), id="400 with watch=0"
+        ),
+        pytest.param(sent(BEARER, path="/api/v1/pods"), Answer(404, (), b"404 page not found"), id="404 without a Status or a cluster"),
+        pytest.param(sent(BEARER, path="/api/v1/pods"), Answer(503, (), b"upstream connect error"), id="503 without a cluster"),
+        pytest.param(
+            sent(BEARER, path="/k8s/clusters/c-m-dead/api/v1/pods"),
+            Answer(502, (("X-Api-Cattle-Auth", "true"),), b"<html>Bad Gateway</html>"),
+            id="502 with a body",
+        ),
+    ],
+)
+def test_answers_that_no_specific_hint_fits_get_the_generic_one(request_, answer):
+    """A hint names a cause only when the answer shows it; otherwise it says the status, no fix."""
+    hint = handshake_hint(request_, answer)
+    assert str(answer.status) in hint_text(hint)
+    assert hint.fix is None and hint.setting is None
+
+
+def test_cluster_unavailable_code_without_a_cluster_path():
+    body = b'{"type":"error","status":"503","code":"ClusterUnavailable","message":"cluster is not ready"}'
+    hint = handshake_hint(sent(BEARER, path="/api/v1/pods"), Answer(503, CATTLE_FALSE, body))
+    assert "not available" in hint.meaning and hint.fix is not None
+
+
 def test_a_k8s_ws_refusal_upstream_is_quoted():
     body = b"k8s_ws: rule 'r': 2 bearer entries in Sec-WebSocket-Protocol; at most one is allowed\n"
     hint = handshake_hint(sent(BEARER), Answer(400, (("Content-Type", "text/plain"),), body))
@@ -283,6 +332,7 @@ def test_a_k8s_ws_refusal_upstream_is_quoted():
         pytest.param(
             "[Errno 111] Connect call failed ('127.0.0.1', 1)", "nothing accepts connections", "check the host and port", id="refused"
         ),
+        pytest.param("[Errno 111] Connection refused", "nothing accepts connections", "check the host and port", id="refused, errno text"),
     ],
 )
 def test_transport_hints(message, meaning, fix):

@@ -5,6 +5,7 @@ import pytest
 
 import kubews as core
 from helpers import handshake
+from kubews import _rules
 from kubews import Destination, Handshake, Rule, RuleSet, TokenSource
 
 
@@ -26,6 +27,19 @@ from kubews import Destination, Handshake, Rule, RuleSet, TokenSource
 )
 def test_k8s_api_paths(path, api):
     assert core.is_k8s_api_path(path) is api
+
+
+@pytest.mark.parametrize(
+    "target, parts",
+    [
+        pytest.param("/api/v1/pods?watch=1", ("/api/v1/pods", "watch=1"), id="path and query"),
+        pytest.param("/api/v1/pods", ("/api/v1/pods", ""), id="no query"),
+        pytest.param("/api/v1/pods?", ("/api/v1/pods", ""), id="empty query"),
+        pytest.param("/a?b=/api/?c", ("/a", "b=/api/?c"), id="? in the query"),
+    ],
+)
+def test_split_target(target, parts):
+    assert core.split_target(target) == parts
 
 
 @pytest.mark.parametrize(
@@ -119,6 +133,7 @@ def test_path_globs_match_the_whole_path():
         pytest.param(("RANCHER.test",), "rancher.Test", 443, "r", id="literal in another case"),
         pytest.param(("rancher.test:8443",), "rancher.test", 8443, "r", id="literal with its port"),
         pytest.param(("rancher.test:8443",), "rancher.test", 443, None, id="literal with another port"),
+        pytest.param(("rancher.test:8443",), "RANCHER.test", 8443, "r", id="literal with its port, in another case"),
         pytest.param(("other.test", "rancher.test"), "rancher.test", 443, "r", id="second of two literals"),
         pytest.param(("rancher[0-9].test",), "rancher5.test", 443, "r", id="class"),
         pytest.param(("rancher?.test",), "rancher5.test", 443, "r", id="?"),
@@ -128,6 +143,23 @@ def test_path_globs_match_the_whole_path():
 )
 def test_rule_set_finds_rules_by_host(hosts, host, port, expected):
     assert matched(handshake(host=host, port=port), rule("elsewhere", hosts=("elsewhere.test",)), rule(hosts=hosts)) == expected
+
+
+def test_an_empty_path_list_matches_nothing():
+    # The rules file admits no empty list; a Rule built in code with one must not match every path.
+    assert matched(handshake(path="/api/v1/pods"), rule(paths=())) is None
+
+
+def test_literal_hosts_are_looked_up_not_tried_one_by_one(monkeypatch):
+    """Deciding takes the same time whatever the number of rules with literal hosts."""
+    rules = tuple(rule(f"r{i}", hosts=(f"host{i}.test", f"HOST{i}.test:6443")) for i in range(2000))
+    ruleset = RuleSet((*rules, rule("wildcard", hosts=("*.example",))))
+    tried = []
+    real = _rules.host_glob_matches
+    monkeypatch.setattr(_rules, "host_glob_matches", lambda glob, name, port: tried.append(glob) or real(glob, name, port))
+    found = ruleset.match(handshake(host="host1999.test", port=6443), ["websocket"])
+    assert found is rules[1999]
+    assert len(tried) <= 4  # the matching rule's globs and the wildcard rule's, not 4000
 
 
 def test_rule_order_holds_across_literal_and_wildcard_rules():

@@ -15,6 +15,8 @@ BASIC = "dXNlcjpwYXNz"  # user:pass
         pytest.param("Authorization", f"Bearer {TOKEN}", f"Bearer {redacted(TOKEN)}", id="Authorization: Bearer"),
         pytest.param("authorization", f"Basic {BASIC}", f"Basic {redacted(BASIC)}", id="Authorization: Basic"),
         pytest.param("Authorization", TOKEN, redacted(TOKEN), id="Authorization without a scheme"),
+        # the fingerprint is the token's, as in the INFO line, whatever the spacing around it
+        pytest.param("Authorization", f"  Bearer  {TOKEN}  ", f"Bearer {redacted(TOKEN)}", id="Authorization with extra spaces"),
         pytest.param("Proxy-Authorization", f"Basic {BASIC}", f"Basic {redacted(BASIC)}", id="Proxy-Authorization: Basic"),
         pytest.param("proxy-authorization", f"Bearer {TOKEN}", f"Bearer {redacted(TOKEN)}", id="Proxy-Authorization: Bearer"),
         pytest.param("Proxy-Authorization", TOKEN, redacted(TOKEN), id="Proxy-Authorization without a scheme"),

@@ -172,6 +172,7 @@ rules:
   - {{name: missing, hosts: [a], token: {{file: "{tmp_path / 'missing'}"}}}}
   - {{name: empty, hosts: [a], token: {{file: "{tmp_path / 'empty'}"}}}}
   - {{name: control, hosts: [a], token: {{file: "{tmp_path / 'control'}"}}}}
+  - {{name: none, hosts: [a]}}
 """
     )
     ruleset = load_rules(rules)
@@ -179,6 +180,7 @@ rules:
     assert isinstance(ruleset.tokens["unset"], TokenError) and "K8S_WS_UNSET is not set" in str(ruleset.tokens["unset"])
     assert "No such file" in str(ruleset.tokens["missing"])
     assert "empty" in str(ruleset.tokens["empty"])
+    assert "none" not in ruleset.tokens
     assert isinstance(ruleset.tokens["control"], TokenError) and "to\x7fken" not in str(ruleset.tokens["control"])
     assert ruleset.watched_files() == (
         str(rules), *(str(tmp_path / name) for name in ("token", "missing", "empty", "control"))

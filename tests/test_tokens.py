@@ -2,6 +2,7 @@
 naming one safely. Inputs are encoded by tests/helpers.py, independently of kubews."""
 
 import base64
+import hashlib
 
 import pytest
 
@@ -124,3 +125,9 @@ def test_check_token_passes_a_usable_token():
 
 def test_fingerprint():
     assert core.fingerprint("x") == "sha256:2d711642"
+
+
+def test_fingerprint_of_a_value_that_is_not_utf8():
+    # mitmproxy decodes header bytes with surrogateescape: a credential may hold any byte.
+    value = b"tok\xffen".decode("utf-8", "surrogateescape")
+    assert core.fingerprint(value) == "sha256:" + hashlib.sha256(b"tok\xffen").hexdigest()[:8]
