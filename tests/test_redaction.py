@@ -68,33 +68,3 @@ def test_redacted_tokens_can_still_be_told_apart():
     first = core.redact_header_value("Authorization", f"Bearer {TOKEN}")
     second = core.redact_header_value("Authorization", f"Bearer {ODD}")
     assert first != second
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="product bug: a non-ASCII bearer payload raises ValueError out of redact_header_value "
-    "(via decode_token), so the addon answers 500 even to a request no rule matches",
-)
-def test_an_entry_with_non_ascii_is_redacted_as_malformed():
-    value = f"a, {BEARER_PREFIX}YWJé"
-    assert core.redact_header_value("Sec-WebSocket-Protocol", value) == f"a, {BEARER_PREFIX}{redacted('YWJé')}"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: elements are trimmed of SP and HTAB only, so an entry after another space "
-    "(VT, FF, NBSP, an obs-fold) is not redacted, although kube-apiserver reads it as an entry",
-)
-@pytest.mark.parametrize(
-    "space",
-    [
-        pytest.param("\x0b", id="VT"),
-        pytest.param("\xa0", id="NBSP"),
-        pytest.param("\r\n ", id="obs-fold"),
-    ],
-)
-def test_an_entry_after_any_space_is_redacted(space):
-    shown = core.redact_header_value("Sec-WebSocket-Protocol", f"a,{space}{standard_entry(TOKEN)}")
-    assert not any(form in shown for form in secret_forms(TOKEN))
