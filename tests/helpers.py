@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
-from kubews import Destination, Handshake
+if TYPE_CHECKING:
+    from kubews import Handshake
+
 
 # Rancher tokens are name:key (facts §4). TOKEN is the one in handshakes.yaml's chromium vector.
 TOKEN = "token-abcde:" + "k" * 54
@@ -100,6 +103,10 @@ def handshake(
 ) -> Handshake:
     """The core's view of a request to host (kubews.Handshake): a WebSocket upgrade unless told,
     with these header lines after Host, Connection and Upgrade."""
+    # Imported here, not at the top: the test server imports this module for the test tokens,
+    # and must not depend on the code under test.
+    from kubews import Destination, Handshake
+
     base = (("Host", host), ("Connection", "Upgrade"), ("Upgrade", "websocket")) if upgrade else (("Host", host),)
     return Handshake(
         destinations=(Destination(host, verified),),
