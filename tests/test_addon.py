@@ -261,6 +261,8 @@ def test_an_exception_while_revealing_answers_500(addon, monkeypatch):
     monkeypatch.setattr(addon.secrets, "reveal", lambda f: 1 / 0)
     reveal(addon, flow)
     assert flow.response.status_code == 500
+    assert flow.response.get_text() == "k8s_ws: rule 'rancher': internal error (ZeroDivisionError); nothing was forwarded\n"
+    assert (flow.metadata["k8s_ws"]["stage"], flow.metadata["k8s_ws"]["status"]) == ("refused", 500)
     assert TOKEN not in str(flow.request.headers)
 
 

@@ -141,6 +141,8 @@ class K8sWs:
         record = _record.read(flow)
         reason = f"internal error ({type(e).__name__}); nothing was forwarded"
         _flows.answer(flow, 500, refusal_body(reason, record and record.rule))
+        if record is not None:
+            _record.write(flow, record.replace(stage=Stage.REFUSED, reason=reason, status=500))
         try:
             self.secrets.hide(flow)
             self.secrets.forget(flow)
