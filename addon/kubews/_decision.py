@@ -8,6 +8,7 @@ adjusting the headers that give a browser away (User-Agent, Origin).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ._handshake import Handshake
 from ._headers import PROTOCOL_HEADER, Headers, header_index, replace_headers, split_elements
@@ -53,8 +54,7 @@ class _Refusal(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class _Offer:
+class _Offer(NamedTuple):
     """What the client's protocol list holds."""
 
     others: list[str]  # the protocols that are not bearer entries, in order
@@ -62,18 +62,12 @@ class _Offer:
     token: str | None  # the one token offered
 
 
-@dataclass
+@dataclass(slots=True)
 class _Edits:
     """Header changes in the order they were decided, and what they mean for the log."""
 
     changes: dict[str, list[str]] = field(default_factory=dict)  # header -> its new lines (none: removed)
     actions: list[str] = field(default_factory=list)
-
-    def set(self, header: str, lines: list[str]) -> None:
-        self.changes[header] = lines
-
-    def say(self, action: str) -> None:
-        self.actions.append(action)
 
 
 def decide(ruleset: RuleSet, request: Handshake) -> Forward | Refuse | None:
@@ -103,8 +97,9 @@ def decide(ruleset: RuleSet, request: Handshake) -> Forward | Refuse | None:
 
 def _read_offer(protocol_values: list[str]) -> _Offer:
     """The client's protocols and its token; a refusal when the entries are not one clean token."""
-    protocols = split_elements(protocol_values)
-    entries = [p for p in protocols if is_bearer_entry(p)]
+    entries, others = [], []
+    for protocol in split_elements(protocol_values):
+        (entries if is_bearer_entry(protocol) else others).append(protocol)
     offered = []
     for position, entry in enumerate(entries, 1):
         try:
@@ -115,7 +110,7 @@ def _read_offer(protocol_values: list[str]) -> _Offer:
             offered.append(token)
     if len(offered) > 1:
         raise _Refusal(400, f"{len(offered)} bearer entries in {PROTOCOL_HEADER}; at most one is allowed")
-    return _Offer([p for p in protocols if not is_bearer_entry(p)], bool(entries), offered[0] if offered else None)
+    return _Offer(others, bool(entries), offered[0] if offered else None)
 
 
 def _place_credentials(
@@ -152,13 +147,13 @@ def _place_in_subprotocol(
     offer: _Offer, injected: str | None, client_authorization: list[str], client_keeps: bool, edits: _Edits
 ) -> None:
     if injected is not None:
-        edits.set(PROTOCOL_HEADER, [", ".join([*offer.others, encode_token(injected)])])
-        edits.say("token injected as bearer entry")
+        edits.changes[PROTOCOL_HEADER] = [", ".join([*offer.others, encode_token(injected)])]
+        edits.actions.append("token injected as bearer entry")
     elif offer.token is not None and client_authorization and not client_keeps:
-        edits.set("Authorization", [])
-        edits.say("client Authorization removed, bearer entry kept")
+        edits.changes["Authorization"] = []
+        edits.actions.append("client Authorization removed, bearer entry kept")
     elif offer.token is not None:
-        edits.say("token kept in subprotocol")
+        edits.actions.append("token kept in subprotocol")
 
 
 def _place_in_header(
@@ -166,17 +161,17 @@ def _place_in_header(
 ) -> None:
     """`auth: header` (the bearer entry removed) or `both` (kept)."""
     if rule.auth is Auth.HEADER and offer.has_entries:
-        edits.set(PROTOCOL_HEADER, [", ".join(offer.others)])
+        edits.changes[PROTOCOL_HEADER] = [", ".join(offer.others)]
     if injected is not None:
-        edits.set("Authorization", [f"Bearer {injected}"])
-        edits.say("token injected as Authorization")
+        edits.changes["Authorization"] = [f"Bearer {injected}"]
+        edits.actions.append("token injected as Authorization")
     elif offer.token is not None and client_keeps:
-        edits.say("client Authorization kept")
+        edits.actions.append("client Authorization kept")
     elif offer.token is not None:
-        edits.set("Authorization", [f"Bearer {offer.token}"])
-        edits.say("token replaced client Authorization" if client_authorization else "token moved to Authorization")
+        edits.changes["Authorization"] = [f"Bearer {offer.token}"]
+        edits.actions.append("token replaced client Authorization" if client_authorization else "token moved to Authorization")
     if offer.has_entries:
-        edits.say("bearer entry removed" if rule.auth is Auth.HEADER else "bearer entry kept")
+        edits.actions.append("bearer entry removed" if rule.auth is Auth.HEADER else "bearer entry kept")
 
 
 def _adjust_user_agent(rule: Rule, agents: list[str], edits: _Edits) -> None:
@@ -184,22 +179,22 @@ def _adjust_user_agent(rule: Rule, agents: list[str], edits: _Edits) -> None:
         return
     if rule.user_agent == USER_AGENT_REMOVE:
         if agents:
-            edits.say("User-Agent removed")
-        edits.set("User-Agent", [])
+            edits.actions.append("User-Agent removed")
+        edits.changes["User-Agent"] = []
         return
     if agents != [rule.user_agent]:
-        edits.say("User-Agent replaced")
-    edits.set("User-Agent", [rule.user_agent])
+        edits.actions.append("User-Agent replaced")
+    edits.changes["User-Agent"] = [rule.user_agent]
 
 
 def _adjust_origin(rule: Rule, request: Handshake, origins: list[str], edits: _Edits) -> None:
     if not origins or rule.origin is OriginAction.KEEP:
         return
     if rule.origin is OriginAction.REMOVE:
-        edits.say("Origin removed")
-        edits.set("Origin", [])
+        edits.actions.append("Origin removed")
+        edits.changes["Origin"] = []
         return
     matching = f"{request.scheme}://{request.host_header}"
     if origins != [matching]:
-        edits.say("Origin set to match Host")
-    edits.set("Origin", [matching])
+        edits.actions.append("Origin set to match Host")
+    edits.changes["Origin"] = [matching]
