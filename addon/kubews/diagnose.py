@@ -166,7 +166,7 @@ def report(target: Target, outcomes: list[Outcome], token_fingerprint: str | Non
     ]
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
     lines = [f"{target.scheme}://{target.host_header}{target.path}, {token}", ""]
-    lines += ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[5]]).rstrip() for row in rows]
+    lines += ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)), row[5]]).rstrip() for row in rows]
     lines.append("")
     best = recommended(outcomes)
     if best is not None:
