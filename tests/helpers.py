@@ -12,6 +12,7 @@ import hashlib
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import pytest
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
@@ -37,6 +38,19 @@ BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Ge
 PAGE_ORIGIN = "http://127.0.0.1:4466"  # a console's page: not the Host of anything upstream
 #: What Headlamp <= 0.34 offers for exec, before its bearer entry (facts §5).
 HEADLAMP_EXEC_PROTOCOLS = ("base64.binary.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
+
+
+#: Upgrade header lines, and whether they ask for a WebSocket (RFC 6455 §4.2.1: the token is
+#: case-insensitive, and may stand anywhere in the list): for every layer that reads them.
+UPGRADES = [
+    pytest.param(["websocket"], True, id="websocket"),
+    pytest.param(["WebSocket"], True, id="mixed case"),
+    pytest.param(["h2c, websocket"], True, id="second of a list"),
+    pytest.param(["h2c", "websocket"], True, id="second line"),
+    pytest.param(["websockets"], False, id="websockets"),
+    pytest.param(["h2c"], False, id="h2c"),
+    pytest.param([], False, id="no Upgrade"),
+]
 
 
 def b64url(text: str, pad: bool = False) -> str:

@@ -3,6 +3,7 @@
 import pytest
 
 import kubews as core
+from helpers import UPGRADES
 
 
 @pytest.mark.parametrize(
@@ -37,17 +38,6 @@ def test_replace_headers_keeps_position_and_spelling():
     )
 
 
-@pytest.mark.parametrize(
-    "lines, upgrade",
-    [
-        pytest.param(["websocket"], True, id="websocket"),
-        pytest.param(["WebSocket"], True, id="mixed case"),
-        pytest.param(["h2c, websocket"], True, id="second of a list"),
-        pytest.param(["h2c", "websocket"], True, id="second line"),
-        pytest.param(["websockets"], False, id="websockets"),
-        pytest.param(["h2c"], False, id="h2c"),
-        pytest.param([], False, id="no Upgrade"),
-    ],
-)
+@pytest.mark.parametrize("lines, upgrade", UPGRADES)
 def test_is_websocket_upgrade(lines, upgrade):
     assert core.is_websocket_upgrade(tuple(("Upgrade", line) for line in lines)) is upgrade

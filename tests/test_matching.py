@@ -4,7 +4,7 @@ API paths, host globs, the rule set's order and its host index, and WebSocket up
 import pytest
 
 import kubews as core
-from helpers import handshake
+from helpers import UPGRADES, handshake
 from kubews import _rules
 from kubews import Destination, Handshake, Rule, RuleSet, TokenSource
 
@@ -86,18 +86,7 @@ def matched(request, *rules):
     return found and found.name
 
 
-@pytest.mark.parametrize(
-    "lines, applies",
-    [
-        pytest.param(["websocket"], True, id="websocket"),
-        pytest.param(["WebSocket"], True, id="mixed case"),
-        pytest.param(["h2c, websocket"], True, id="h2c, websocket"),
-        pytest.param(["h2c", "websocket"], True, id="two lines"),
-        pytest.param(["websockets"], False, id="websockets"),
-        pytest.param(["h2c"], False, id="h2c"),
-        pytest.param([], False, id="no Upgrade"),
-    ],
-)
+@pytest.mark.parametrize("lines, applies", UPGRADES)
 def test_only_websocket_upgrades_match(lines, applies):
     request = handshake(("Connection", "Upgrade"), *(("Upgrade", line) for line in lines), upgrade=False)
     assert (matched(request) == "r") is applies
