@@ -21,9 +21,8 @@ from ._headers import (
     header_values,
     is_websocket_upgrade,
     replace_headers,
-    split_elements,
 )
-from ._paths import K8S_API_PATH, is_k8s_api_path, split_target
+from ._paths import is_k8s_api_path, split_target
 from ._redaction import redact_header_value
 from ._rules import (
     HOST_GLOB,
@@ -52,7 +51,6 @@ from ._tokens import (
 __all__ = [
     "BEARER_PREFIX",
     "HOST_GLOB",
-    "K8S_API_PATH",
     "PROTOCOL_HEADER",
     "USER_AGENT_KEEP",
     "USER_AGENT_REMOVE",
@@ -85,6 +83,5 @@ __all__ = [
     "redact_header_value",
     "refusal_body",
     "replace_headers",
-    "split_elements",
     "split_target",
 ]
