@@ -1,6 +1,6 @@
 """The addon's log lines, and the hints for failed handshakes, from flows and their records.
 
-Every line starts with "k8s_ws:" and names the path without its query; none holds a token.
+Lines about a request name its path without the query; no line holds a token.
 """
 
 from __future__ import annotations
