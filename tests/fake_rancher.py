@@ -1,6 +1,6 @@
-"""A strict stand-in for Rancher in front of a kube-apiserver (shared/spec/test-server.md).
+"""A strict stand-in for Rancher in front of a kube-apiserver (docs/test-server.md).
 
-It behaves on the wire like the real servers described in shared/spec/protocol-facts.md ("§n" in
+It behaves on the wire like the real servers described in docs/protocol.md ("§n" in
 the comments) and refuses everything they refuse, so that a test passing against it means something.
 Run by hand: python tests/fake_rancher.py [--plain-apiserver] [--tls-dir DIR] [--port N]
 """

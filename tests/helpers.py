@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
@@ -20,6 +22,10 @@ from mitmproxy.test import tflow
 if TYPE_CHECKING:
     from kubews import Handshake
 
+
+#: Upgrade requests as real clients sent them (tests/data/handshakes.yaml): test inputs, never
+#: expected outputs of our code.
+VECTORS = yaml.safe_load((Path(__file__).parent / "data" / "handshakes.yaml").read_text())
 
 # Rancher tokens are name:key (facts §4). TOKEN is the one in handshakes.yaml's chromium vector.
 TOKEN = "token-abcde:" + "k" * 54

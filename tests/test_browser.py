@@ -15,8 +15,8 @@ also be pointed straight at the very TLS server the proxy fronts (and fail there
 reason, not for an unknown CA). The proxied sockets are ws:// to mitmdump, which verifies the
 test server's certificate itself. If chromium-headless-shell is not installed the tests skip.
 
-Expectations come from shared/spec/protocol-facts.md (cited as facts §N) and
-shared/vectors/handshakes.yaml, not from our code.
+Expectations come from docs/protocol.md (cited as facts §N) and
+tests/data/handshakes.yaml, not from our code.
 """
 
 from __future__ import annotations
@@ -37,19 +37,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fake_rancher import HEALTHY, LOCAL
 # standard_entry: Headlamp's and OpenShift's encoding, base64url_entry: Gardener's; computed in Python
 # to check the page's btoa() and its base64url.
-from helpers import DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, TOKEN, base64url_entry, standard_entry
-from mitmdump_harness import ROOT
+from helpers import VECTORS, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, TOKEN, base64url_entry, standard_entry
 
 pytestmark = pytest.mark.e2e  # Chromium, mitmdump and the test server
 
-VECTORS = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())
 CHROMIUM_VECTOR = VECTORS["chromium-156-headlamp-exec"]
 VECTOR_PROTOCOLS = [p.strip() for p in dict(CHROMIUM_VECTOR["headers"])["Sec-WebSocket-Protocol"].split(",")]
 # Headlamp 0.34's exec list without the token element, which the page appends itself (facts §5)

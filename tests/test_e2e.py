@@ -1,8 +1,8 @@
 """End to end: real mitmdump processes with the addon, in front of the strict Rancher-like test
 server over TLS (verification on), driven by `websockets` clients that replay the handshakes of
-shared/vectors/handshakes.yaml.
+tests/data/handshakes.yaml.
 
-Expectations come from shared/spec/protocol-facts.md (cited as facts §N), not from our code.
+Expectations come from docs/protocol.md (cited as facts §N), not from our code.
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ import time
 
 import pytest
 import websockets
-import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from fake_rancher import HEALTHY, LOCAL
-from helpers import (BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PAGE_ORIGIN, TOKEN,
+from helpers import (VECTORS, BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PAGE_ORIGIN, TOKEN,
                      base64url_entry, secret_forms, standard_entry)
 from mitmdump_harness import ROOT, Mitmdump
 
 pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
 
-VECTORS = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())
 CHROMIUM = VECTORS["chromium-156-headlamp-exec"]
 CHROMIUM_HEADERS = dict(CHROMIUM["headers"])
 EXEC_PROTOCOLS = [p.strip() for p in CHROMIUM_HEADERS["Sec-WebSocket-Protocol"].split(",")]

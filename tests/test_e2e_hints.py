@@ -1,4 +1,4 @@
-"""Every failure shape of protocol-facts.md §1–4, through a real mitmdump in front of the strict
+"""Every failure shape of docs/protocol.md §1–4, through a real mitmdump in front of the strict
 test server: each gets its hint in mitmdump's output (interface.md §5; that the hint is a WARNING
 is tested with the addon's own hooks in test_hints.py), and no token reaches the output.
 """

@@ -1,4 +1,4 @@
-"""Tests of the test server itself: it must be as strict as shared/spec/protocol-facts.md ("§n")."""
+"""Tests of the test server itself: it must be as strict as docs/protocol.md ("§n")."""
 
 import asyncio
 import base64
@@ -19,12 +19,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from fake_rancher import DEAD, HEALTHY, LOCAL, ORIGIN_DENIED, PENDING, FakeServer
-from helpers import (BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, SCOPED_TOKEN, TOKEN,
+from helpers import (VECTORS, BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, SCOPED_TOKEN, TOKEN,
                      TOKENS, b64std, b64url, base64url_entry, standard_entry)
 
 pytestmark = pytest.mark.e2e  # a real server on a socket, and real clients
 
-VECTORS = yaml.safe_load((Path(__file__).resolve().parents[2] / "shared/vectors/handshakes.yaml").read_text())
 KUBECTL_UA = "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"
 AUTH = ("Authorization", f"Bearer {TOKEN}")
 H = f"/k8s/clusters/{HEALTHY}"

@@ -1,4 +1,4 @@
-"""The hint table: each failure shape of protocol-facts.md §1–4 gets the hint that fixes it; and
+"""The hint table: each failure shape of docs/protocol.md §1–4 gets the hint that fixes it; and
 the addon's hooks that log it as a WARNING and keep it in flow.metadata (interface.md §5).
 
 Answers are written as the facts describe them (status, headers, body), not taken from the code.

@@ -15,7 +15,7 @@ request that bypassed the proxy would fail its TLS verification.
 "Unchanged" is checked header for header: the server's records of the proxied run are compared with
 those of the same command run straight at the server (kubeconfig with the test CA, no proxy),
 ignoring only the values of Sec-WebSocket-Key and Kubectl-Session, which kubectl draws afresh each
-run; and against shared/vectors/handshakes.yaml (kubectl-1.32.4).
+run; and against tests/data/handshakes.yaml (kubectl-1.32.4).
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ import pytest
 import yaml
 
 from fake_rancher import HEALTHY
-from helpers import TOKEN
-from mitmdump_harness import ROOT
+from helpers import TOKEN, VECTORS
 
 pytestmark = pytest.mark.e2e  # kubectl, mitmdump and the test server
 
-VECTOR = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())["kubectl-1.32.4"]
+VECTOR = VECTORS["kubectl-1.32.4"]
 VECTOR_HEADERS = dict(VECTOR["headers"])
 VOLATILE = {"sec-websocket-key", "kubectl-session"}  # random per run
 

@@ -22,17 +22,15 @@ from __future__ import annotations
 import time
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.stream import stream
 
 from fake_rancher import HEALTHY
-from helpers import TOKEN
-from mitmdump_harness import ROOT
+from helpers import TOKEN, VECTORS
 
 pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
 
-VECTOR = yaml.safe_load((ROOT.parent / "shared" / "vectors" / "handshakes.yaml").read_text())["python-kubernetes-37.0.2-stream"]
+VECTOR = VECTORS["python-kubernetes-37.0.2-stream"]
 VOLATILE = {"sec-websocket-key"}
 
 

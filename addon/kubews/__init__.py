@@ -8,7 +8,7 @@ pure functions over plain values, with no mitmproxy import and no I/O. Around it
 - `diagnose` and `cli`: the `k8s-ws` command;
 - `mitm`: the mitmproxy addon, the only part that imports mitmproxy.
 
-Facts cited as "facts §N" are from shared/spec/protocol-facts.md.
+Facts cited as "facts §N" are from docs/protocol.md.
 """
 
 from ._decision import Forward, Refuse, decide, refusal_body

@@ -4,7 +4,7 @@ what came back to a hint. Shared by the addon's WARNING lines and `k8s-ws diagno
 No mitmproxy import, no I/O. A hint quotes only what cannot be a secret: statuses, known messages
 of Rancher and kube-apiserver, identifiers from their error bodies, Origin, Host and protocol names
 (a bearer entry is shown as "<bearer entry>"). Facts cited as "facts §N" are from
-shared/spec/protocol-facts.md.
+docs/protocol.md.
 """
 
 from __future__ import annotations
