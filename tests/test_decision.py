@@ -47,6 +47,13 @@ def sent(verdict, name):
         pytest.param([("Sec-WebSocket-Protocol", "a"), protocols(ENTRY)], ["a"], id="entry on a line of its own"),
         pytest.param([("Sec-WebSocket-Protocol", f" a ,\t{ENTRY} ,b")], ["a, b"], id="spaces and tabs around commas"),
         pytest.param([("sec-websocket-protocol", f"a,{BEARER_PREFIX}{b64std(TOKEN, pad=True)}")], ["a"], id="padded, lower-case name"),
+        # Read as the upstream reads it (facts §1, §6): folds unfolded, elements trimmed as Go does.
+        pytest.param([("Sec-WebSocket-Protocol", f"a,\r\n {ENTRY}")], ["a"], id="entry on a folded line"),
+        pytest.param([("Sec-WebSocket-Protocol", f"a,\r\n\t{ENTRY},\r\n b")], ["a, b"], id="entry and more on folded lines"),
+        pytest.param([("Sec-WebSocket-Protocol", f"a, \xa0{ENTRY}")], ["a"], id="NBSP before the entry"),
+        pytest.param([("Sec-WebSocket-Protocol", f"a,\x0b{ENTRY}\x0c")], ["a"], id="VT and FF around the entry"),
+        pytest.param([("Sec-WebSocket-Protocol", f"a,\r{ENTRY}")], ["a"], id="CR before the entry"),
+        pytest.param([("Sec-WebSocket-Protocol", f"a,\u3000{ENTRY}\u2028")], ["a"], id="Unicode spaces around the entry"),
     ],
 )
 def test_header_mode_moves_token(lines, left):
@@ -258,6 +265,11 @@ def test_the_verdict_carries_the_rule_itself():
         pytest.param([protocols("a", standard_entry("tok\x85en"))], {}, 400, id="C1 control in the token"),
         pytest.param([protocols("a", standard_entry("a\r\nX-Injected: 1"))], {}, 400, id="CRLF in the token"),
         pytest.param([protocols(ENTRY)], {}, 400, id="no other protocol left"),
+        pytest.param([protocols("a", BEARER_PREFIX + b64std(TOKEN)[:-1] + "é")], {}, 400, id="a non-ASCII character"),
+        pytest.param([protocols("a", BEARER_PREFIX + "AAA\udcff")], {}, 400, id="a byte that is not UTF-8"),
+        pytest.param([protocols("a", BEARER_PREFIX + "YW\u0660Jj")], {}, 400, id="an Arabic-Indic digit"),
+        pytest.param([("Sec-WebSocket-Protocol", f"a, {ENTRY},\r\n {standard_entry('other')}")], {}, 400, id="a second entry on a folded line"),
+        pytest.param([("Sec-WebSocket-Protocol", f"a, {ENTRY},\xa0{standard_entry('other')}")], {}, 400, id="a second entry after NBSP"),
         pytest.param([protocols(BEARER_PREFIX)], {}, 400, id="an empty entry alone"),
         pytest.param([protocols("a")], {"token": TokenSource("file", "/nope")}, 500, id="token source unreadable"),
     ],
@@ -273,3 +285,37 @@ def test_refusals(request_headers, rule_fields, status):
 
 def test_lone_entry_is_fine_when_entry_is_kept():
     assert isinstance(decide(handshake(protocols(ENTRY)), rule(auth=Auth.SUBPROTOCOL)), Forward)
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [pytest.param(auth, id=f"auth {auth.value}") for auth in Auth],
+)
+def test_a_handled_request_goes_upstream_with_no_fold(auth):
+    folded = (
+        ("Sec-WebSocket-Protocol", f"a,\r\n {ENTRY}"),
+        ("X-Other", "one\r\n\ttwo"),
+        ("User-Agent", "kubectl/v1.32"),
+    )
+    verdict = decide(handshake(*folded), rule(auth=auth))
+    assert isinstance(verdict, Forward)
+    assert not any("\r" in value or "\n" in value for _, value in verdict.headers)
+    assert sent(verdict, "X-Other") == ["one two"]
+    assert "folded header lines unfolded" in verdict.actions
+
+
+def test_nothing_is_unfolded_when_nothing_is_folded():
+    verdict = decide(handshake(protocols("a", ENTRY)))
+    assert "folded header lines unfolded" not in verdict.actions
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pytest.param(handshake(protocols("a", BEARER_PREFIX + "AAA\udcff"), upgrade=False), id="not an upgrade, a byte that is not UTF-8"),
+        pytest.param(handshake(protocols("a", BEARER_PREFIX + "é"), path="/healthz"), id="not an API path, non-ASCII"),
+        pytest.param(handshake(("Sec-WebSocket-Protocol", f"a,\r\n {ENTRY}, {ENTRY}"), upgrade=False), id="not an upgrade, two entries, folded"),
+    ],
+)
+def test_a_request_no_rule_matches_is_never_refused_nor_changed(request_):
+    assert decide(request_) is None

@@ -3,6 +3,7 @@
 import pytest
 
 import kubews as core
+from kubews._headers import is_folded, unfold
 from helpers import UPGRADES
 
 
@@ -15,6 +16,14 @@ from helpers import UPGRADES
         pytest.param(["a", "b, c"], ["a", "b", "c"], id="several lines, in order"),
         pytest.param(["a,,b"], ["a", "b"], id="empty element dropped"),
         pytest.param([], [], id="no line"),
+        pytest.param(["a,\r\n b"], ["a", "b"], id="folded line, as mitmproxy keeps it"),
+        pytest.param(["a,\r\n\t b"], ["a", "b"], id="folded line with a tab"),
+        pytest.param(["a,\n b"], ["a", "b"], id="folded with a bare LF"),
+        pytest.param(["a\r\n b"], ["a b"], id="a fold inside an element is a space"),
+        pytest.param(["\xa0a,\x0bb\x0c, \u3000c\u2028"], ["a", "b", "c"], id="NBSP VT FF and Unicode spaces trimmed"),
+        pytest.param(["\ra,\x85b"], ["a", "b"], id="CR and NEL trimmed"),
+        pytest.param(["\x1ca, \u200bb"], ["\x1ca", "\u200bb"], id="what Python strips but Go does not"),
+        pytest.param(["\udcffa"], ["\udcffa"], id="a byte that is not UTF-8 is no space"),
     ],
 )
 def test_header_elements(lines, elements):
@@ -41,3 +50,39 @@ def test_replace_headers_keeps_position_and_spelling():
 @pytest.mark.parametrize("lines, upgrade", UPGRADES)
 def test_is_websocket_upgrade(lines, upgrade):
     assert core.is_websocket_upgrade(tuple(("Upgrade", line) for line in lines)) is upgrade
+
+
+# Go's unicode.IsSpace, written out from Unicode's White_Space property (facts §1).
+GO_TRIM_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+
+@pytest.mark.parametrize("space", [pytest.param(c, id=f"U+{ord(c):04X}") for c in GO_TRIM_SPACE])
+def test_every_space_go_trims_is_trimmed(space):
+    assert core.header_elements((("P", f"{space}a{space},{space}b"),), "P") == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "value, unfolded",
+    [
+        pytest.param("a,\r\n b", "a, b", id="CRLF SP"),
+        pytest.param("a,\r\n \t  b", "a, b", id="CRLF and several blanks"),
+        pytest.param("a\r\n b\r\n\tc", "a b c", id="two folds"),
+        pytest.param("a, b", "a, b", id="no fold"),
+    ],
+)
+def test_unfold(value, unfolded):
+    assert unfold(value) == unfolded
+    assert is_folded(value) is (value != unfolded)
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        pytest.param("v4.channel.k8s.io", "v4.channel.k8s.io", id="ASCII"),
+        pytest.param("caf\xe9", "caf\xe9", id="UTF-8 kept"),
+        pytest.param("v4\udcff", "v4\\xff", id="a byte that is not UTF-8 shown as \\xff"),
+    ],
+)
+def test_printable(value, shown):
+    assert core.printable(value) == shown
+    shown.encode("utf-8")  # can be saved and printed

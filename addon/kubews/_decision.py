@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ._handshake import Handshake
-from ._headers import PROTOCOL_HEADER, Headers, header_index, replace_headers, split_elements
+from ._headers import PROTOCOL_HEADER, Headers, header_index, is_folded, replace_headers, split_elements, unfold
 from ._rules import USER_AGENT_KEEP, USER_AGENT_REMOVE, Auth, ClientAuthorization, OriginAction, Rule, RuleSet, StoredToken
 from ._tokens import TokenError, bearer_payload, decode_token, encode_token, fingerprint, is_bearer_entry
 
@@ -86,9 +86,10 @@ def decide(ruleset: RuleSet, request: Handshake) -> Forward | Refuse | None:
         return Refuse(rule, refusal.status, refusal.reason)
     _adjust_user_agent(rule, index.get("user-agent", []), edits)
     _adjust_origin(rule, request, index.get("origin", []), edits)
+    headers = _without_folds(replace_headers(request.headers, edits.changes), edits)
     return Forward(
         rule=rule,
-        headers=replace_headers(request.headers, edits.changes),
+        headers=headers,
         actions=tuple(edits.actions) or ("nothing to change",),
         fingerprint=fingerprint(used) if used is not None else None,
         uses_stored_token=injected,
@@ -172,6 +173,15 @@ def _place_in_header(
         edits.actions.append("token replaced client Authorization" if client_authorization else "token moved to Authorization")
     if offer.has_entries:
         edits.actions.append("bearer entry removed" if rule.auth is Auth.HEADER else "bearer entry kept")
+
+
+def _without_folds(headers: Headers, edits: _Edits) -> Headers:
+    """The headers with every folded line unfolded: what we read is what the upstream gets, and no
+    hop after us can read a fold differently (RFC 9112 §5.2 asks a proxy to do this)."""
+    if not any(is_folded(value) for _, value in headers):
+        return headers
+    edits.actions.append("folded header lines unfolded")
+    return tuple((name, unfold(value)) for name, value in headers)
 
 
 def _adjust_user_agent(rule: Rule, agents: list[str], edits: _Edits) -> None:

@@ -2,9 +2,16 @@
 
 Headers are kept as received: a tuple of (name, value) lines, in order, with their spelling and
 repeated lines. Names compare case-insensitively (RFC 9110 §5.1).
+
+Values are read the way the upstream reads them, not the way they look: mitmproxy keeps a folded
+line (obs-fold) inside the value as CRLF and a space, where every Go server unfolds it, and
+kube-apiserver trims each list element with Go's `strings.TrimSpace`, which trims far more than
+SP and HTAB (facts §1, §6). Reading less would let an entry the upstream sees slip past us.
 """
 
 from __future__ import annotations
+
+import re
 
 #: A request's or response's header lines, as received.
 Headers = tuple[tuple[str, str], ...]
@@ -26,9 +33,45 @@ def header_index(headers: Headers) -> dict[str, list[str]]:
     return index
 
 
+#: What Go's strings.TrimSpace trims: unicode.IsSpace, i.e. the ASCII spaces HTAB, LF, VT, FF,
+#: CR and SP, then NEL, NBSP and the Unicode separators (category Z). A byte that is not UTF-8
+#: arrives as a lone surrogate and is not among them, as it is not for Go.
+GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
+#: A line break that continues the header on the next line (RFC 9112 §5.2, obs-fold), with the
+#: line's leading whitespace. mitmproxy keeps it as "\r\n "; a bare LF is accepted as well.
+_OBS_FOLD = re.compile(r"\r?\n[ \t]+")
+
+
+def unfold(value: str) -> str:
+    """A header value with each obs-fold replaced by one SP, as a recipient must (RFC 9112 §5.2)."""
+    return _OBS_FOLD.sub(" ", value) if "\n" in value else value
+
+
+def is_folded(value: str) -> bool:
+    return "\n" in value and _OBS_FOLD.search(value) is not None
+
+
+def trim(element: str) -> str:
+    """An element trimmed as Go's strings.TrimSpace trims it."""
+    return element.strip(GO_SPACE)
+
+
+def printable(value: str) -> str:
+    """A value with each byte that was not UTF-8 (read as a lone surrogate) written as \\xNN: a
+    string that can be encoded, saved (tnetstring, JSON) and printed."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def split_elements(values: list[str]) -> list[str]:
-    """The comma-separated elements of a header's values, trimmed, empty ones dropped."""
-    return [element.strip(" \t") for value in values for element in value.split(",") if element.strip(" \t")]
+    """The comma-separated elements of a header's values, unfolded and trimmed as Go does, empty
+    ones dropped."""
+    return [trimmed for value in values for element in unfold(value).split(",") if (trimmed := trim(element))]
 
 
 def header_elements(headers: Headers, name: str) -> list[str]:

@@ -57,6 +57,8 @@ def decode_token(encoded: str) -> str:
     """
     if not encoded:
         return ""
+    if not encoded.isascii():  # base64 is ASCII; b64decode would raise ValueError, not binascii.Error
+        raise TokenError("not base64: holds a character outside ASCII")
     unpadded = encoded.rstrip("=")
     if "=" in unpadded or len(encoded) - len(unpadded) > 2:
         raise TokenError("misplaced '=' padding")
