@@ -104,7 +104,7 @@ def upgrade_flow(
 def fingerprint_of(secret: str) -> str:
     """A token's fingerprint as the contract defines it (interface §5): "sha256:" and the first 8
     hex digits of its SHA-256."""
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def redacted(secret: str) -> str:

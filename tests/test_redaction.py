@@ -4,7 +4,7 @@ Authorization and Proxy-Authorization values, bearer entries, Rancher's R_SESS c
 import pytest
 
 import kubews as core
-from helpers import BEARER_PREFIX, ODD, TOKEN, base64url_entry, redacted, secret_forms, standard_entry
+from helpers import BEARER_PREFIX, ODD, TOKEN, b64std, base64url_entry, redacted, secret_forms, standard_entry
 
 BASIC = "dXNlcjpwYXNz"  # user:pass
 
@@ -35,6 +35,19 @@ BASIC = "dXNlcjpwYXNz"  # user:pass
         pytest.param("Sec-WebSocket-Protocol", f"{BEARER_PREFIX}*bad*", f"{BEARER_PREFIX}{redacted('*bad*')}", id="entry that does not decode"),
         pytest.param("Sec-WebSocket-Protocol", f"a, {BEARER_PREFIX}", f"a, {BEARER_PREFIX}", id="empty entry"),
         pytest.param("Sec-WebSocket-Protocol", "a, b", "a, b", id="no entry"),
+        pytest.param(
+            "Sec-WebSocket-Protocol", f"a,\r\n {standard_entry(TOKEN)}", f"a,\r\n {BEARER_PREFIX}{redacted(TOKEN)}", id="entry on a folded line"
+        ),
+        pytest.param(
+            "Sec-WebSocket-Protocol", f"a,\xa0{standard_entry(TOKEN)}", f"a,\xa0{BEARER_PREFIX}{redacted(TOKEN)}", id="entry after NBSP"
+        ),
+        pytest.param(
+            "Sec-WebSocket-Protocol", f"a,\x0b{standard_entry(TOKEN)}\x0c", f"a,\x0b{BEARER_PREFIX}{redacted(TOKEN)}\x0c", id="entry between VT and FF"
+        ),
+        pytest.param("Sec-WebSocket-Protocol", f"a, {BEARER_PREFIX}AAA\xe9", f"a, {BEARER_PREFIX}" + redacted("AAA\xe9"), id="entry with a non-ASCII character"),
+        pytest.param(
+            "Sec-WebSocket-Protocol", f"a, {BEARER_PREFIX}AAA\udcff", f"a, {BEARER_PREFIX}" + redacted("AAA\udcff"), id="entry with a byte that is not UTF-8"
+        ),
         pytest.param("User-Agent", f"Mozilla {TOKEN}", f"Mozilla {TOKEN}", id="other header"),
         pytest.param("Cookie", f"R_SESS={TOKEN}", f"R_SESS={redacted(TOKEN)}", id="R_SESS alone"),
         pytest.param("cookie", f"a=1; R_SESS={TOKEN}; b=2", f"a=1; R_SESS={redacted(TOKEN)}; b=2", id="R_SESS between others"),
@@ -68,3 +81,44 @@ def test_redacted_tokens_can_still_be_told_apart():
     first = core.redact_header_value("Authorization", f"Bearer {TOKEN}")
     second = core.redact_header_value("Authorization", f"Bearer {ODD}")
     assert first != second
+
+
+#: A request head as mitmproxy prints it when a client hangs up before its end (a bytes repr).
+HEAD = (
+    b"GET /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: x\r\n"
+    + f"Authorization: Bearer {TOKEN}\r\n".encode()
+    + b"Sec-WebSocket-Protocol: v4.channel.k8s.io,\r\n "
+    + standard_entry(TOKEN).encode()
+    + b"\r\nCookie: a=1; R_SESS="
+    + TOKEN.encode()
+    + b"\r\nProxy-Authorization: Basic "
+    + BASIC.encode()
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(f"Client closed connection before completing request headers: {HEAD!r}", id="a head as a bytes repr"),
+        pytest.param(HEAD.decode(), id="a head as text"),
+        pytest.param(f"Invalid header line: {f'Authorization Bearer {TOKEN}'.encode()!r}", id="a line with no colon"),
+        pytest.param(f"Invalid header line: {f'X: {standard_entry(TOKEN)}'.encode()!r}", id="an entry in a bad line"),
+        pytest.param(f"{'authorization:'.upper()}\tBearer {TOKEN}", id="upper-case name, a tab"),
+        pytest.param(f"Authorization: Bearer\r\n {TOKEN}", id="Authorization folded"),
+        pytest.param(repr(f"Authorization: Bearer\r\n {TOKEN}".encode()), id="Authorization folded, repr"),
+        pytest.param(repr(f"Authorization: Bearer {TOKEN}\x01\u00e9".encode()), id="credentials with escaped bytes"),
+        pytest.param(repr((BEARER_PREFIX + b64std(TOKEN) + "\t\u00e9").encode()), id="an entry with a tab and an escaped byte"),
+    ],
+)
+def test_redact_text_leaves_no_form_of_a_token(text):
+    shown = core.redact_text(text)
+    assert not any(form in shown for form in [*secret_forms(TOKEN), *secret_forms("user:pass"), BASIC])
+    assert "<redacted sha256:" in shown
+    assert core.redact_text(shown) == shown  # idempotent
+
+
+def test_redact_text_keeps_what_is_no_credential():
+    line = "Client closed connection before completing request headers: b'GET / HTTP/1.1\\r\\nHost: x\\r\\n'"
+    assert core.redact_text(line) == line
+    head = core.redact_text(f"{HEAD!r}")
+    assert "Host: x" in head and "v4.channel.k8s.io" in head and "a=1; R_SESS=" in head and "Basic <redacted" in head

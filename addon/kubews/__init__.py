@@ -20,10 +20,11 @@ from ._headers import (
     header_index,
     header_values,
     is_websocket_upgrade,
+    printable,
     replace_headers,
 )
 from ._paths import is_k8s_api_path, split_target
-from ._redaction import redact_header_value
+from ._redaction import redact_header_value, redact_text
 from ._rules import (
     HOST_GLOB,
     USER_AGENT_KEEP,
@@ -80,7 +81,9 @@ __all__ = [
     "is_bearer_entry",
     "is_k8s_api_path",
     "is_websocket_upgrade",
+    "printable",
     "redact_header_value",
+    "redact_text",
     "refusal_body",
     "replace_headers",
     "split_target",

@@ -2,7 +2,8 @@
 
 - `_options` declares the options; the rules watcher (`_watcher`) holds the rules in force; `_commands` are mitmproxy commands;
 - the core (`kubews.decide`) says what to do with a handshake; `_flows` converts both ways;
-- the secret keeper (`_secrets`) keeps credentials out of what mitmproxy shows and saves;
+- the secret keeper (`_secrets`) keeps credentials out of what mitmproxy shows and saves, and the
+  log filter (`_logfilter`) out of mitmproxy's own log lines;
 - the pins (`_pinning`) keep a stored token on the destination its rule matched;
 - the relay (`_relay`) relays accepted streams; `_report` writes log lines and hints;
 - `_record` is what the addon keeps on a flow it handled.
@@ -23,6 +24,7 @@ from ..hints import offered_protocols
 from ..rulesfile import RulesError
 from . import _flows, _options, _record, _report
 from ._commands import Commands
+from ._logfilter import RedactingFilter
 from ._pinning import Pins
 from ._record import Handled, Stage
 from ._relay import Relay
@@ -44,14 +46,18 @@ class K8sWs:
         self.pins = Pins()
         self.relay = Relay()
         self._reveal = RevealBeforeSend(self._send)
+        self.log_filter = RedactingFilter()
         self.addons = [Commands(self.rules)]  # mitmproxy registers sub-addons and their commands
 
     # --- options and lifecycle --------------------------------------------------------------
 
     def load(self, loader) -> None:
         _options.add_options(loader)
+        self.log_filter.install()
 
     def configure(self, updated: set[str]) -> None:
+        if "k8s_ws_show_tokens" in updated:
+            self.log_filter.enabled = not ctx.options.k8s_ws_show_tokens
         if "k8s_ws_inspect_history" in updated and ctx.options.k8s_ws_inspect_history < 1:
             raise exceptions.OptionsError("k8s_ws_inspect_history must be at least 1")
         if "k8s_ws_rules" in updated:
@@ -70,6 +76,7 @@ class K8sWs:
         if self._reveal in ctx.master.addons.chain:
             ctx.master.addons.remove(self._reveal)
         self.secrets.forget_all()
+        self.log_filter.uninstall()
 
     # --- the handshake ----------------------------------------------------------------------
 

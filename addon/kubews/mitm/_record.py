@@ -1,7 +1,9 @@
 """What the addon keeps on a flow that a rule handled: a typed record with an explicit stage.
 
 It is stored in `flow.metadata["k8s_ws"]` as plain values, so that a flow saved with `-w` keeps
-it and mitmweb shows it; `read` and `write` are the only ways in and out.
+it and mitmweb shows it; `read` and `write` are the only ways in and out. Its strings come from
+the client's headers, which may hold bytes that are not UTF-8: they are stored printable, or
+tnetstring could not save the flow.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import enum
 from dataclasses import dataclass
 
 from mitmproxy import http
+
+from .. import printable
 
 KEY = "k8s_ws"
 
@@ -62,9 +66,14 @@ def read(flow: http.HTTPFlow) -> Handled | None:
 
 
 def write(flow: http.HTTPFlow, record: Handled) -> None:
-    stored = {name: value for name, value in dataclasses.asdict(record).items() if value not in (None, ())}
+    stored = {name: _storable(value) for name, value in dataclasses.asdict(record).items() if value not in (None, ())}
     stored["stage"] = record.stage.value
-    for name in ("actions", "offered"):
-        if name in stored:
-            stored[name] = list(stored[name])
     flow.metadata[KEY] = stored
+
+
+def _storable(value):
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, tuple):
+        return [_storable(item) for item in value]
+    return value
