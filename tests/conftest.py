@@ -5,6 +5,9 @@ And a guard at collection: no test id may hold a test token in any form, since i
 (progress, failures, -v, junit files) and the tests' whole point is that tokens are never shown.
 """
 
+import logging
+import sys
+
 import pytest
 
 import helpers
@@ -25,6 +28,20 @@ def pytest_collection_modifyitems(config, items):
                 f"the test id {shown} holds a test token (shown here as <token>): give its "
                 "parametrize a readable id, e.g. pytest.param(..., id=\"two bearer entries\") or ids=[...]"
             )
+
+
+@pytest.fixture(autouse=True)
+def no_log_filter_left_behind():
+    """mitmproxy calls an addon's `done`, which takes its log filter off mitmproxy's loggers;
+    taddons does not. Without this, a test's addon would redact the log lines of the next."""
+    yield
+    logfilter = sys.modules.get("kubews.mitm._logfilter")
+    if logfilter is None:
+        return
+    for logger in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
+        for installed in getattr(logger, "filters", ())[:]:
+            if isinstance(installed, logfilter.RedactingFilter):
+                logger.removeFilter(installed)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from mitmproxy import io as mitmproxy_io
 from mitmproxy.addons import export
 from mitmproxy.test import taddons, tflow
 
-from helpers import BEARER_PREFIX, BROWSER_UA, PAGE_ORIGIN, TOKEN, standard_entry, upgrade_flow
+from helpers import BEARER_PREFIX, BROWSER_UA, PAGE_ORIGIN, TOKEN, secret_forms, standard_entry, upgrade_flow
 from kubews import fingerprint
 from kubews.mitm import K8sWs, _hooks, _watcher
 
@@ -521,3 +521,68 @@ def test_done_hides_the_credentials_of_requests_in_flight(addon):
     assert flow.request.headers["Authorization"] == f"Bearer {TOKEN}"
     addon.done()
     assert TOKEN not in str(flow.request.headers)
+
+
+@pytest.mark.parametrize(
+    "protocols",
+    [
+        pytest.param(f"v4.channel.k8s.io\udcff, {ENTRY}", id="a byte that is not UTF-8 in a handled list"),
+        pytest.param(f"v4.channel.k8s.io, {BEARER_PREFIX}AAA\udcff", id="a byte that is not UTF-8 in the entry (refused)"),
+        pytest.param(f"v4.channel.k8s.io,\r\n {ENTRY}", id="the entry on a folded line"),
+    ],
+)
+def test_every_touched_flow_can_be_saved(addon, tmp_path, protocols):
+    flow = upgrade()
+    flow.request.headers.fields += ((b"Sec-WebSocket-Protocol", protocols.encode("utf-8", "surrogateescape")),)
+    send(addon, flow)
+    if not flow.response:
+        answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
+    assert "k8s_ws" in flow.metadata
+    loaded = saved_and_loaded(flow, tmp_path)  # tnetstring refuses a str it cannot encode
+    assert loaded.metadata["k8s_ws"]["rule"] == "rancher"
+    assert TOKEN not in str(loaded.get_state()) and ENTRY not in str(loaded.get_state())
+
+
+# --- mitmproxy's own log lines ------------------------------------------------------------------
+
+#: What mitmproxy logs when a client hangs up mid-head: the head so far, as a bytes repr.
+HUNG_UP = "Client closed connection before completing request headers: " + repr(
+    f"GET {EXEC} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+    f"Sec-WebSocket-Protocol: v4.channel.k8s.io,\r\n {ENTRY}\r\nCookie: R_SESS={TOKEN}\r\n".encode()
+)
+
+
+def mitmproxy_lines(caplog, *, exc_info=None) -> str:
+    """Log HUNG_UP the way mitmproxy does (proxy/server.py's logger) and return what was captured."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("mitmproxy.proxy.server").log(logging.INFO, "%s", HUNG_UP, exc_info=exc_info)
+    return caplog.text
+
+
+def test_mitmproxy_own_lines_hold_no_token_while_the_addon_is_loaded(addon, caplog):
+    shown = mitmproxy_lines(caplog)
+    assert "Client closed connection before completing request headers" in shown and "<redacted sha256:" in shown
+    assert not any(form in shown for form in secret_forms(TOKEN))
+
+
+def test_a_traceback_in_mitmproxy_lines_holds_no_token(addon, caplog):
+    try:
+        raise ValueError(f"Invalid header line: {f'Authorization Bearer {TOKEN}'.encode()!r}")
+    except ValueError as e:
+        shown = mitmproxy_lines(caplog, exc_info=e)
+    assert "Traceback" in shown and "Invalid header line" in shown
+    assert not any(form in shown for form in secret_forms(TOKEN))
+
+
+def test_the_log_filter_comes_off_in_done_and_with_show_tokens(rules_file, caplog):
+    addon = K8sWs()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, k8s_ws_rules=str(rules_file))
+        assert TOKEN not in mitmproxy_lines(caplog)
+        tctx.configure(addon, k8s_ws_show_tokens=True)
+        assert TOKEN in mitmproxy_lines(caplog)  # the user asked to see them
+        tctx.configure(addon, k8s_ws_show_tokens=False)
+        assert TOKEN not in mitmproxy_lines(caplog)
+        addon.done()
+        assert TOKEN in mitmproxy_lines(caplog)  # a removed addon leaves mitmproxy's logging as it was
