@@ -185,10 +185,12 @@ class NoAnswer(Exception):
     """The server answered with something other than HTTP/1.1."""
 
 
-def tls_context(target: Target, cacert: str | None, insecure: bool) -> ssl.SSLContext | None:
+def tls_context(target: Target, cacert: str | None, insecure: bool, cadata: str | None = None) -> ssl.SSLContext | None:
+    """cacert: a PEM file; cadata: PEM text (a kubeconfig's certificate-authority-data); neither:
+    the system's roots."""
     if target.scheme != "https":
         return None
-    context = ssl.create_default_context(cafile=cacert)
+    context = ssl.create_default_context(cafile=cacert, cadata=cadata)
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
