@@ -356,3 +356,43 @@ def test_inspect_shows_each_message_and_keeps_the_latest(inspecting):
     assert seen[-1]["last"] == b"\x01line 29".hex()
     assert {r["shown_and_saved"] for r in seen} == {"ok"}
     assert not any(r["hook"].startswith("tcp") for r in records)
+
+
+# --- a mitmproxy without what the raw relay relies on (contract §1) --------------------------
+
+#: Loaded ahead of the addon: mitmproxy as a future version might be, its TCP layer no longer
+#: testing for a falsy flow (the addon reads that test in the layer's source).
+WITHOUT_RAW_RELAY = '''
+from mitmproxy.proxy.layers import tcp
+
+_original = tcp.TCPLayer.relay_messages
+
+
+def relay_messages(self, event):
+    return _original(self, event)
+
+
+tcp.TCPLayer.relay_messages = relay_messages
+'''
+
+
+def test_without_the_internals_streams_go_through_the_websocket_layer(tmp_path, rancher, pki, rules):
+    changed = tmp_path / "without_raw_relay.py"
+    changed.write_text(WITHOUT_RAW_RELAY)
+    proxy = Mitmdump(
+        tmp_path, mode=f"reverse:{rancher.url}", rules=rules, upstream_ca=pki.ca_cert,
+        args=("-s", str(changed), "-s", str(ADDON)), addon=False,
+    )  # fmt: skip
+
+    async def scenario():
+        async with session(proxy) as ws:
+            await expect_opening(ws, "v4.channel.k8s.io")
+            await ws.send(channel("v4.channel.k8s.io", 0, b"ls\n"))
+            assert await ws.recv() == channel("v4.channel.k8s.io", 1, b"ls\n")
+
+    with proxy:
+        run(scenario())
+        output = proxy.output()
+    assert output.count("lacks what the raw relay relies on") == 1
+    assert "TCPLayer no longer relays a falsy flow" in output
+    assert "WebSocket binary message" in output  # mitmproxy's WebSocket layer carried the stream

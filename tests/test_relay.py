@@ -306,3 +306,48 @@ def test_the_messages_of_a_killed_stream_are_left_alone(chain):
     flow.kill()
     chain.addon.websocket_message(flow)
     assert len(flow.websocket.messages) == 8
+
+
+# --- a mitmproxy without what the raw relay relies on ------------------------------------------
+
+
+def _relay_messages_without_the_falsy_flow_test(self, event):
+    return tcp_layer.TCPLayer.__dict__["_original"](self, event)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("removed", id="TCPLayer.relay_messages removed"),
+        pytest.param("changed", id="TCPLayer records even a falsy flow"),
+        pytest.param("no hand-off", id="HttpStream.flow_done removed"),
+    ]
+)
+def internals_missing(request, monkeypatch):
+    """Before the addon loads: mitmproxy's internals as a future version might have them."""
+    from mitmproxy.proxy.layers import http as http_layers
+
+    if request.param == "removed":
+        monkeypatch.delattr(tcp_layer.TCPLayer, "relay_messages")
+    elif request.param == "changed":
+        monkeypatch.setattr(tcp_layer.TCPLayer, "relay_messages", _relay_messages_without_the_falsy_flow_test)
+    else:
+        monkeypatch.delattr(http_layers.HttpStream, "flow_done")
+
+
+def test_without_the_internals_it_loads_warns_once_and_uses_the_websocket_layer(internals_missing, chain, caplog):
+    loading = caplog.get_records("setup")  # the addon loaded while the chain was set up
+    warnings = [r.getMessage() for r in loading if r.levelname == "WARNING" and "raw relay" in r.getMessage()]
+    assert len(warnings) == 1 and "WebSocket layer" in warnings[0]
+    chain.tctx.configure(chain.addon, k8s_ws_inspect_history=5)
+    flow = chain.upgrade()
+    assert flow.websocket is not None and flow.metadata["k8s_ws"]["relay"] == "websocket"
+    driver = websocket_relay(chain, flow)
+    for i in range(40):
+        driver.feed(events.DataReceived(flow.client_conn, client_frame(b"\x00message %d" % i)))
+    assert driver.sent[flow.server_conn]  # relayed
+    assert [m.content for m in flow.websocket.messages] == [b"\x00message %d" % i for i in range(35, 40)]
+
+
+def test_with_the_internals_there_is_no_warning(chain, caplog):
+    assert not [r for r in caplog.get_records("setup") if "raw relay" in r.getMessage()]
+    assert chain.upgrade().metadata["k8s_ws"]["relay"] == "raw"

@@ -54,6 +54,9 @@ class K8sWs:
     def load(self, loader) -> None:
         _options.add_options(loader)
         self.log_filter.install()
+        unavailable = self.relay.probe()
+        if unavailable:
+            _report.no_raw_relay(unavailable)
 
     def configure(self, updated: set[str]) -> None:
         if "k8s_ws_show_tokens" in updated:

@@ -40,6 +40,14 @@ def rules_in_force(ruleset: RuleSet, verb: str) -> None:
             logger.warning(f"k8s_ws: rule '{name}': its token source cannot be read: {token}")
 
 
+def no_raw_relay(reason: str) -> None:
+    logger.warning(
+        "k8s_ws: this mitmproxy lacks what the raw relay relies on "
+        f"({reason}); handled streams go through mitmproxy's WebSocket layer, history bounded "
+        "by k8s_ws_inspect_history"
+    )
+
+
 def rules_broken(error: RulesError, in_force: RuleSet) -> None:
     logger.error(f"{error}\nk8s_ws: keeping the last good rules ({len(in_force.rules)} rules)")
 
