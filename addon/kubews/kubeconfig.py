@@ -236,8 +236,7 @@ def document(config: KubeConfig) -> dict:
 
 
 def dump(config: KubeConfig) -> str:
-    # width: never fold a long value onto several lines
-    return yaml.safe_dump(document(config), sort_keys=False, default_flow_style=False, allow_unicode=True, width=2**31)
+    return yaml.safe_dump(document(config), sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 # --- which clusters go through k8s-ws -------------------------------------------------------
