@@ -1,6 +1,7 @@
 """The addon against mitmproxy's own test doubles (taddons, tflow): the thin layer's duties."""
 
 import asyncio
+from dataclasses import replace
 import logging
 
 import pytest
@@ -226,6 +227,32 @@ def test_transparent_mode_injects_only_on_a_real_destination(addon, address, sni
         tctx.configure(addon, ssl_insecure=ssl_insecure)
         send(addon, flow)
     assert ("stored-secret" in flow.request.headers.get("Authorization", "")) is injected
+
+
+@pytest.mark.parametrize(
+    "handled_by",
+    [pytest.param(None, id="no other rule applies"), pytest.param("rancher", id="another rule applies instead")],
+)
+def test_a_withheld_token_is_said_at_info_and_in_the_401_hint(addon, caplog, handled_by):
+    host, path = ("rancher.test", EXEC) if handled_by else ("kube.test", "/api/v1/pods?watch=1")
+    flow = upgrade(host="10.0.0.1", path=path, headers=[("Sec-WebSocket-Protocol", "a")], mode="transparent")
+    flow.request.host_header = host
+    if handled_by:  # the stored rule first, then the Rancher rule: both name rancher.test
+        addon.rules.ruleset = replace(
+            addon.rules.ruleset, rules=(replace(addon.rules.ruleset.rules[1], hosts=("rancher.test",)), addon.rules.ruleset.rules[0])
+        )
+    with caplog.at_level(logging.INFO, logger="k8s_ws"):
+        send(addon, flow)
+        answer(addon, flow, status=401, headers=[("Content-Type", "application/json"), ("X-Api-Cattle-Auth", "false")])
+        flow.response.content = b'{"type":"error","status":"401","message":"must authenticate"}'
+        addon.response(flow)
+    assert "stored-secret" not in flow.request.headers.get("Authorization", "")
+    lines = [r.getMessage() for r in caplog.records]
+    (info,) = [line for line in lines if "withheld" in line and "no token" not in line]
+    assert f"the token of rule 'stored' was withheld: {host} is only the client's word" in info
+    assert (f"rule '{handled_by}'" in info) if handled_by else ("no rule applied" in info)
+    hint = next(line for line in lines if "got no token" in line)
+    assert "rule 'stored' holds one but withheld it" in hint and "give the rule a token" not in hint
 
 
 def test_transparent_mode_host_header_still_selects_a_rule_without_token(addon):

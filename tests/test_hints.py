@@ -5,6 +5,7 @@ Answers are written as the facts describe them (status, headers, body), not take
 """
 
 import json
+from dataclasses import replace
 import logging
 
 import pytest
@@ -94,6 +95,15 @@ def test_rancher_401_without_any_token_says_none_was_sent():
     hint = handshake_hint(sent(protocols("v4.channel.k8s.io")), MUST_AUTHENTICATE)
     assert "got no token" in hint.meaning
     assert "token: {env: VAR}" in hint.fix
+
+
+@pytest.mark.parametrize("answer", [pytest.param(MUST_AUTHENTICATE, id="Rancher"), pytest.param(NOT_AUTHORIZED, id="Rancher local")])
+def test_401_after_a_withheld_token_says_why_it_was_withheld(answer):
+    request = replace(sent(protocols("v4.channel.k8s.io"), rule=None), token_withheld_by="stored")
+    hint = handshake_hint(request, answer)
+    assert "rule 'stored' holds one but withheld it" in hint.meaning and "rancher.test" in hint.meaning
+    assert "Host header" in hint.meaning and "give the rule a token" not in hint_text(hint)
+    assert "address" in hint.fix and "hosts" in hint.fix
 
 
 # --- kube-apiserver's 401 (facts §1) ----------------------------------------------------------

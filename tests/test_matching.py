@@ -176,3 +176,29 @@ def test_stored_token_needs_a_verified_destination():
     assert matched(handshake(verified=False), with_token) is None
     assert matched(handshake(), with_token, fallback) == "stored"
     assert matched(handshake(verified=False), rule("no token")) == "no token"  # the client's word is enough without one
+
+
+def _withheld(request, *rules):
+    found = core.withheld_token(RuleSet(rules), request)
+    return found and found.name
+
+
+@pytest.mark.parametrize(
+    "request_, rules, withheld",
+    [
+        pytest.param(handshake(verified=False), ("stored",), "stored", id="only the client names the host"),
+        pytest.param(handshake(verified=False), ("stored", "fallback"), "stored", id="a later rule applies instead"),
+        pytest.param(handshake(), ("stored",), None, id="a verified destination: injected, nothing withheld"),
+        pytest.param(handshake(verified=False), ("fallback", "stored"), None, id="an earlier rule applies"),
+        pytest.param(handshake(("Authorization", "Bearer x"), verified=False), ("stored",), None, id="the client's own Authorization"),
+        pytest.param(
+            handshake(("Sec-WebSocket-Protocol", "a, base64url.bearer.authorization.k8s.io.eA"), verified=False),
+            ("stored",), None, id="the client's own bearer entry",
+        ),
+        pytest.param(handshake(verified=False, upgrade=False), ("stored",), None, id="not an upgrade"),
+        pytest.param(handshake(verified=False, path="/healthz"), ("stored",), None, id="not a path of the rule"),
+    ],
+)
+def test_withheld_token(request_, rules, withheld):
+    by_name = {"stored": rule("stored", token=TokenSource("env", "T")), "fallback": rule("fallback")}
+    assert _withheld(request_, *(by_name[name] for name in rules)) == withheld

@@ -208,3 +208,13 @@ def _adjust_origin(rule: Rule, request: Handshake, origins: list[str], edits: _E
     if origins != [matching]:
         edits.actions.append("Origin set to match Host")
     edits.changes["Origin"] = [matching]
+
+
+def withheld_token(ruleset: RuleSet, request: Handshake) -> Rule | None:
+    """The rule whose stored token would have gone upstream, were the destination name it
+    matched not only the client's word (the Host header in transparent mode): the token was
+    withheld, and the log and the hint for a 401 must say so. None when nothing was withheld."""
+    index = header_index(request.headers)
+    if index.get("authorization") or any(is_bearer_entry(p) for p in split_elements(index.get(PROTOCOL_HEADER.lower(), []))):
+        return None  # the client's own credentials: a stored token would not have been used
+    return ruleset.withheld_token_rule(request, index.get("upgrade", []))

@@ -96,9 +96,11 @@ def rule_matches_path(rule: Rule, path: str) -> bool:
     return bool(rule.paths) and _compiled_path_globs(rule.paths)(path) is not None
 
 
-def rule_matches_host(rule: Rule, request: Handshake) -> bool:
-    # A stored token goes only where the rule names: never on a name that only the client asserts.
-    names = [d.name for d in request.destinations if d.verified or rule.token is None]
+def rule_matches_host(rule: Rule, request: Handshake, *, verified_only: bool = False) -> bool:
+    """Whether a destination name of the request matches one of the rule's hosts; with
+    `verified_only`, a name that is not only the client's word (see Destination). A rule with a
+    stored token matches only so: the token goes only where the rule names."""
+    names = [d.name for d in request.destinations if d.verified or not verified_only]
     return any(host_glob_matches(glob, name, request.port) for glob in rule.hosts for name in names)
 
 
@@ -163,6 +165,20 @@ class RuleSet:
             return None
         for position in self._index.candidates(request):
             rule = self.rules[position]
-            if rule_matches_path(rule, request.path) and rule_matches_host(rule, request):
+            if rule_matches_path(rule, request.path) and rule_matches_host(rule, request, verified_only=rule.token is not None):
                 return rule
+        return None
+
+    def withheld_token_rule(self, request: Handshake, upgrade_values: list[str]) -> Rule | None:
+        """The rule with a token that would apply before the one that does (if any), were the
+        destination name it matches not only the client's word: its token was withheld."""
+        if not upgrades_to_websocket(upgrade_values):
+            return None
+        for position in self._index.candidates(request):
+            rule = self.rules[position]
+            if not rule_matches_path(rule, request.path) or not rule_matches_host(rule, request):
+                continue
+            if rule.token is None or rule_matches_host(rule, request, verified_only=True):
+                return None  # this rule applies, with nothing withheld
+            return rule
         return None

@@ -42,6 +42,8 @@ class Sent:
     headers: Headers
     offered: tuple[str, ...]  # the protocols the client itself offered, bearer entries left out
     rule: str | None  # the rule that handled the request; None when no rule did
+    # The rule whose stored token was withheld: it matched only a name the client asserts.
+    token_withheld_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,13 @@ def _unauthorized(sent: Sent, answer: Answer) -> Hint:
             "auth: header",
         )
     who = "Rancher" if rancher else "the API server"
+    if not _has_bearer_entry(sent) and not _has_authorization(sent) and sent.token_withheld_by:
+        return Hint(
+            f"{who} got no token ({what}): rule '{sent.token_withheld_by}' holds one but withheld it, because "
+            f"the host it matched, {_host(sent)}, is only the client's word (its Host header)",
+            "a stored token goes only to a destination mitmproxy chose or verified: in transparent or WireGuard "
+            "mode, add the upstream's address (or the name its certificate is verified for) to the rule's hosts",
+        )
     if not _has_bearer_entry(sent) and not _has_authorization(sent):
         return Hint(
             f"{who} got no token ({what})",

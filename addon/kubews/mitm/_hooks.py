@@ -19,7 +19,7 @@ import os
 
 from mitmproxy import ctx, exceptions, http, tcp
 
-from .. import Refuse, decide, refusal_body
+from .. import Refuse, decide, refusal_body, withheld_token
 from ..hints import offered_protocols
 from ..rulesfile import RulesError
 from . import _flows, _options, _record, _report
@@ -104,7 +104,11 @@ class K8sWs:
             return
         request = _flows.handshake(flow, ssl_insecure=ctx.options.ssl_insecure)
         verdict = decide(self.rules.ruleset, request)
+        withheld = withheld_token(self.rules.ruleset, request)
         if verdict is None:
+            if withheld is not None:
+                _record.write_withheld(flow, withheld.name)
+                _report.token_withheld(flow, withheld.name)
             return
         if isinstance(verdict, Refuse):
             _record.write(flow, Handled(verdict.rule.name, Stage.REFUSED, reason=verdict.reason, status=verdict.status))
@@ -119,6 +123,7 @@ class K8sWs:
                 actions=verdict.actions,
                 fingerprint=verdict.fingerprint,
                 offered=offered_protocols(request.headers),
+                token_withheld_by=withheld and withheld.name,
             ),
         )
         _flows.set_headers(flow.request, verdict.headers)

@@ -39,6 +39,7 @@ class Handled:
     error: str | None = None  # FAILED: mitmproxy's message
     relay: str | None = None  # an accepted upgrade: "raw" or "websocket"
     hint: str | None = None  # why the handshake failed, and the fix
+    token_withheld_by: str | None = None  # a rule whose stored token was withheld (see kubews.withheld_token)
 
     def forwarded(self) -> bool:
         return self.stage is not Stage.REFUSED
@@ -63,6 +64,20 @@ def read(flow: http.HTTPFlow) -> Handled | None:
         return Handled(**fields)
     except (KeyError, TypeError, ValueError):
         return None  # not written by this version of k8s-ws: as if no rule had handled it
+
+
+#: On a flow no rule handled: the rule whose stored token was withheld from it.
+WITHHELD_KEY = "k8s_ws_token_withheld_by"
+
+
+def token_withheld_by(flow: http.HTTPFlow) -> str | None:
+    record = read(flow)
+    return record.token_withheld_by if record else flow.metadata.get(WITHHELD_KEY)
+
+
+def write_withheld(flow: http.HTTPFlow, rule: str) -> None:
+    """A flow no rule handled, from which a rule's stored token was withheld."""
+    flow.metadata[WITHHELD_KEY] = rule
 
 
 def write(flow: http.HTTPFlow, record: Handled) -> None:

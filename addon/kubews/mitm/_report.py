@@ -22,6 +22,7 @@ from .. import (
 )
 from ..rulesfile import RulesError
 from ._flows import request_path, str_headers
+from . import _record
 from ._record import Handled, Stage
 
 logger = logging.getLogger("k8s_ws")
@@ -59,10 +60,24 @@ def handled(flow: http.HTTPFlow, record: Handled) -> None:
         f"{', '.join(record.actions)}; token {record.fingerprint or 'none'}; "
         f"upstream {record.outcome()}, protocol {record.protocol or 'none'}"
     )
+    if record.token_withheld_by:
+        line += f"; {_withheld(flow, record.token_withheld_by)}"
     if record.stage is Stage.FAILED:
         logger.warning(line)
     else:
         logger.info(line)
+
+
+def _withheld(flow: http.HTTPFlow, rule: str) -> str:
+    return (
+        f"the token of rule '{rule}' was withheld: {flow.request.host_header or '?'} is only the client's word "
+        "(its Host header), and a stored token goes only to a destination mitmproxy chose or verified"
+    )
+
+
+def token_withheld(flow: http.HTTPFlow, rule: str) -> None:
+    """A request no rule handled, from which a rule's stored token was withheld."""
+    logger.info(f"k8s_ws: {flow.request.host} {request_path(flow)}: no rule applied; {_withheld(flow, rule)}")
 
 
 def refused(flow: http.HTTPFlow, host: str, reason: str) -> None:
@@ -98,6 +113,7 @@ def answer_hint(flow: http.HTTPFlow, record: Handled | None) -> hints.Hint | Non
         headers=headers,
         offered=record.offered if record else hints.offered_protocols(headers),
         rule=record and record.rule,
+        token_withheld_by=_record.token_withheld_by(flow),
     )
     body = flow.response.get_content(strict=False)  # None when streamed
     return hints.handshake_hint(sent, hints.Answer(flow.response.status_code, str_headers(flow.response.headers), body))
