@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import socket
+import subprocess
+import sys
 import urllib.request
 import ssl
 import time
@@ -457,21 +460,41 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+def mitmweb_option_names(confdir) -> set[str]:
+    """The options this mitmweb has, from its own `--options` (YAML: `name: default` lines)."""
+    dump = subprocess.run(
+        [sys.executable, "-c", "from mitmproxy.tools.main import mitmweb; mitmweb()", "--set", f"confdir={confdir}", "--options"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    return {line.partition(":")[0] for line in dump.splitlines() if line[:1].isalpha()}
+
 def test_no_token_in_mitmweb_nor_in_a_har_file(tmp_path, rancher, pki):
     web_port = free_port()
     har = tmp_path / "flows.har"
+    options: dict[str, object] = {"hardump": har}
+    web_auth: dict[str, str] = {}
+    # mitmweb asks for a password from mitmproxy 11.1.2 on (before, its API was open): set one,
+    # and send it as mitmweb's API clients do.
+    if "web_password" in mitmweb_option_names(tmp_path / "options-confdir"):
+        options["web_password"] = password = secrets.token_hex(16)
+        web_auth = {"Authorization": f"Bearer {password}"}
     proxy = Mitmdump(
         tmp_path,
         program="mitmweb",
         mode=f"reverse:{rancher.url}",
         upstream_ca=pki.ca_cert,
-        options={"hardump": har},
+        options=options,
         args=("--no-web-open-browser", "--web-host", "127.0.0.1", "--web-port", str(web_port)),
     )
 
+    def get(path: str) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{web_port}{path}", headers=web_auth)
+        return urllib.request.urlopen(request).read()
+
     async def scenario():
         # mitmweb's UI follows flows live over /updates: listen to everything it broadcasts.
-        async with connect(f"ws://127.0.0.1:{web_port}/updates", proxy=None, max_size=None) as updates:
+        async with connect(f"ws://127.0.0.1:{web_port}/updates", proxy=None, max_size=None,
+                           additional_headers=web_auth) as updates:
             base = f"ws://127.0.0.1:{proxy.port}"
             outcome = await _open(base + exec_path(namespace="web-exec"), [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)])
             assert outcome.status == 101
@@ -486,8 +509,8 @@ def test_no_token_in_mitmweb_nor_in_a_har_file(tmp_path, rancher, pki):
     with proxy:
         broadcast = asyncio.run(scenario())
 
-        listed = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/flows").read().decode()
-        dumped = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/flows/dump").read()
+        listed = get("/flows").decode()
+        dumped = get("/flows/dump")
     assert any("web-exec" in m for m in broadcast) and "web-exec" in listed and b"web-exec" in dumped
     saved_har = har.read_text()
     assert "web-exec" in saved_har
