@@ -128,18 +128,12 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     mitmproxy_ca = args.mitmproxy_ca or str(home / ".mitmproxy" / "mitmproxy-ca-cert.pem")
     upstream_ca = os.path.abspath(args.upstream_ca_out or kc.default_upstream_ca_path(args.output))
     output = os.path.abspath(args.output)
-    # Never write an input, nor mitmproxy's CA: checked on the names given and through links and inodes.
-    for written, option in ((output, "-o"), (upstream_ca, "--upstream-ca-out")):
-        for other, what in [*((i, "the input kubeconfig") for i in inputs), (mitmproxy_ca, "mitmproxy's CA")]:
-            if kc.same_file(written, other):
-                print(f"k8s-ws kubeconfig: {option} {written} is {what} ({other}); it is never written: give another file",
-                      file=sys.stderr)
-                return 2
-    if kc.same_file(output, upstream_ca):
-        print(f"k8s-ws kubeconfig: -o and --upstream-ca-out are the same file ({output})", file=sys.stderr)
+    clash = _clash(output, upstream_ca, inputs, mitmproxy_ca)
+    if clash:
+        print(f"k8s-ws kubeconfig: {clash}", file=sys.stderr)
         return 2
     try:
-        config = _read_kubeconfig(args.input)
+        config = kc.read_kubeconfigs(inputs, must_exist)
         routes = kc.select_routes(config, args.context)
         if not routes:
             print(f"k8s-ws kubeconfig: nothing to route in {config.where}: no cluster has a Rancher server "
@@ -156,13 +150,15 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     except kc.KubeconfigError as e:
         print(f"k8s-ws kubeconfig: {e}", file=sys.stderr)
         return 1
-    try:
-        kc.write_new_file(output, kc.dump(kc.rewrite(config, clusters)).encode("utf-8"), 0o600)
-        if bundle:
-            kc.write_new_file(upstream_ca, "".join(bundle).encode("ascii"), 0o644)
-    except OSError as e:
-        print(f"k8s-ws kubeconfig: cannot write {e.filename or output}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    writes = [(output, kc.dump(kc.rewrite(config, clusters)).encode("utf-8"), 0o600)]  # it holds tokens
+    if bundle:
+        writes.append((upstream_ca, "".join(bundle).encode("ascii"), 0o644))
+    for path, data, file_mode in writes:
+        try:
+            kc.write_new_file(path, data, file_mode)
+        except OSError as e:
+            print(f"k8s-ws kubeconfig: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+            return 1
     command = kc.mitmdump_command(
         mode, upstream, _addon_path(), upstream_ca if bundle else None, _confdir(mitmproxy_ca, home),
         any(t.insecure for t in trusts),
@@ -174,6 +170,18 @@ def _kubeconfig(args: argparse.Namespace) -> int:
         upstream_ca=upstream_ca if bundle else None, upstream_certificates=len(bundle), command=tuple(command),
     )))
     return 0
+
+
+def _clash(output: str, upstream_ca: str, inputs: list[str], mitmproxy_ca: str) -> str | None:
+    """Why the files to write cannot be written, if they cannot: an input or mitmproxy's CA is never
+    written, whether named as it is, through a link, or as another name of its inode."""
+    for written, option in ((output, "-o"), (upstream_ca, "--upstream-ca-out")):
+        for other, what in [*((i, "the input kubeconfig") for i in inputs), (mitmproxy_ca, "mitmproxy's CA")]:
+            if kc.same_file(written, other):
+                return f"{option} {written} is {what} ({other}); it is never written: give another file"
+    if kc.same_file(output, upstream_ca):
+        return f"-o and --upstream-ca-out are the same file ({output})"
+    return None
 
 
 def _addon_path() -> str:
