@@ -95,7 +95,8 @@ def source(tmp_path_factory, rancher, apiserver, pki) -> Source:
         "apiVersion": "v1", "kind": "Config",
         "clusters": [
             {"name": "rancher", "cluster": {"server": f"{rancher.url}/k8s/clusters/{HEALTHY}", "certificate-authority-data": ca_data}},
-            {"name": "rancher-local", "cluster": {"server": f"{rancher.url}/k8s/clusters/{LOCAL}", "certificate-authority": "rancher-ca.pem"}},
+            {"name": "rancher-local",
+             "cluster": {"server": f"{rancher.url}/k8s/clusters/{LOCAL}", "certificate-authority": "rancher-ca.pem"}},
             {"name": "apiserver", "cluster": {"server": apiserver.url, "certificate-authority-data": ca_data}},
         ],
         "users": [{"name": "rancher-user", "user": {"token": TOKEN}}, {"name": "kubeconfig-user", "user": {"token": KUBECONFIG_TOKEN}}],

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from helpers import KUBECONFIG_TOKEN, TOKEN, secret_forms
-from mitmdump_harness import ROOT
 from kubews import cli
 from kubews import kubeconfig as kc
+from mitmdump_harness import ROOT
 
 
 def pem(label: str) -> str:
@@ -160,7 +160,8 @@ def test_which_files_are_read(explicit, environ, expected):
 def test_dump_reads_back_as_the_same_document_in_the_same_order():
     config = parse(TYPICAL)
     dumped = yaml.safe_load(kc.dump(config))
-    assert list(dumped) == list(yaml.safe_load(TYPICAL)) == ["apiVersion", "kind", "preferences", "clusters", "users", "contexts", "current-context"]
+    order = ["apiVersion", "kind", "preferences", "clusters", "users", "contexts", "current-context"]
+    assert list(dumped) == list(yaml.safe_load(TYPICAL)) == order
     original = yaml.safe_load(TYPICAL)
     original["clusters"][1]["cluster"]["certificate-authority"] = "/kube/ca/kind.pem"  # made absolute
     original["users"][1]["user"]["client-certificate"] = "/kube/me.crt"
@@ -244,7 +245,8 @@ def reader(files: dict[str, str]):
 @pytest.mark.parametrize(
     "cluster, trust",
     [
-        pytest.param({"certificate-authority-data": b64(RANCHER_CA)}, kc.ClusterTrust((RANCHER_CA,), "certificate-authority-data"), id="data"),
+        pytest.param({"certificate-authority-data": b64(RANCHER_CA)}, kc.ClusterTrust((RANCHER_CA,), "certificate-authority-data"),
+                     id="data"),
         pytest.param({"certificate-authority-data": "\n".join(b64(RANCHER_CA + FILE_CA)[i:i + 64] for i in range(0, 400, 64))},
                      kc.ClusterTrust((RANCHER_CA, FILE_CA), "certificate-authority-data"), id="data folded, two certificates"),
         pytest.param({"certificate-authority": "/ca.pem"}, kc.ClusterTrust((FILE_CA,), "certificate-authority /ca.pem"), id="file"),
@@ -263,7 +265,8 @@ def test_cluster_trust(cluster, trust):
 @pytest.mark.parametrize(
     "cluster, message",
     [
-        pytest.param({"certificate-authority-data": "not base64!"}, "certificate-authority-data is not base64 of a PEM file", id="not base64"),
+        pytest.param({"certificate-authority-data": "not base64!"}, "certificate-authority-data is not base64 of a PEM file",
+                     id="not base64"),
         pytest.param({"certificate-authority-data": b64("no pem")}, "certificate-authority-data holds no PEM certificate", id="no PEM"),
         pytest.param({"certificate-authority": "/missing.pem"}, "cannot read certificate-authority /missing.pem: No such file or directory",
                      id="missing file"),
@@ -299,7 +302,8 @@ REGULAR, REVERSE = kc.Regular("http://127.0.0.1:8080"), kc.Reverse("https://127.
         pytest.param({}, REGULAR, RANCHER, MITM_CA + ROOT_CA, id="regular, public roots"),
         pytest.param({"certificate-authority-data": b64(RANCHER_CA)}, REVERSE, "https://127.0.0.1:8443/k8s/clusters/c-m-abc", MITM_CA,
                      id="reverse, data"),
-        pytest.param({"certificate-authority": "/ca.pem"}, REVERSE, "https://127.0.0.1:8443/k8s/clusters/c-m-abc", MITM_CA, id="reverse, file"),
+        pytest.param({"certificate-authority": "/ca.pem"}, REVERSE, "https://127.0.0.1:8443/k8s/clusters/c-m-abc", MITM_CA,
+                     id="reverse, file"),
     ],
 )
 def test_rewrite_cluster(cluster, mode, expected_server, expected_ca):
@@ -582,7 +586,8 @@ def run(capsys, *argv: str):
 
 
 def run_in(capsys, files, *extra: str):
-    return run(capsys, str(files / "in.yaml"), "-o", str(files / "out.yaml"), "--mitmproxy-ca", str(files / "confdir" / "mitmproxy-ca-cert.pem"), *extra)
+    mitmproxy_ca = str(files / "confdir" / "mitmproxy-ca-cert.pem")
+    return run(capsys, str(files / "in.yaml"), "-o", str(files / "out.yaml"), "--mitmproxy-ca", mitmproxy_ca, *extra)
 
 
 def test_writes_a_new_private_file_and_says_what_to_run(capsys, files):
@@ -675,7 +680,8 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 def test_reads_a_kubeconfig_list_as_kubectl(capsys, files, monkeypatch):
     second = files / "second.yaml"
     second.write_text(config_text(clusters=[("rancher", {"server": "https://elsewhere/k8s/clusters/x"}),
-                                            ("other", {"server": "https://r.test/k8s/proxy/c-2", "certificate-authority-data": b64(FILE_CA)})]))
+                                            ("other", {"server": "https://r.test/k8s/proxy/c-2",
+                                                       "certificate-authority-data": b64(FILE_CA)})]))
     monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(files / "missing.yaml"), str(files / "in.yaml"), str(second)]))
     status, out, _ = run(capsys, "-o", str(files / "out.yaml"), "--mitmproxy-ca", str(files / "confdir" / "mitmproxy-ca-cert.pem"))
     assert status == 0
@@ -703,9 +709,12 @@ def test_the_default_mitmproxy_ca_is_in_home(capsys, files):
         pytest.param("in.yaml", (), "-o {files}/in.yaml is the input kubeconfig", id="OUT is IN"),
         pytest.param("link.yaml", (), "-o {files}/link.yaml is the input kubeconfig", id="OUT links to IN"),
         pytest.param("hard.yaml", (), "-o {files}/hard.yaml is the input kubeconfig", id="OUT is IN's inode"),
-        pytest.param("out.yaml", ("--upstream-ca-out", "{files}/confdir/mitmproxy-ca-cert.pem"), "is mitmproxy's CA", id="CA out is mitmproxy's"),
-        pytest.param("out.yaml", ("--upstream-ca-out", "{files}/in.yaml"), "--upstream-ca-out {files}/in.yaml is the input", id="CA out is IN"),
-        pytest.param("out.yaml", ("--upstream-ca-out", "{files}/out.yaml"), "-o and --upstream-ca-out are the same file", id="CA out is OUT"),
+        pytest.param("out.yaml", ("--upstream-ca-out", "{files}/confdir/mitmproxy-ca-cert.pem"), "is mitmproxy's CA",
+                     id="CA out is mitmproxy's"),
+        pytest.param("out.yaml", ("--upstream-ca-out", "{files}/in.yaml"), "--upstream-ca-out {files}/in.yaml is the input",
+                     id="CA out is IN"),
+        pytest.param("out.yaml", ("--upstream-ca-out", "{files}/out.yaml"), "-o and --upstream-ca-out are the same file",
+                     id="CA out is OUT"),
     ],
 )
 def test_never_writes_its_input(capsys, files, out, extra, message):
@@ -795,7 +804,8 @@ def test_an_unwritable_output_exits_1(capsys, files):
                      "context 'bad-ca': its CA (certificate-authority-data) does not load", id="a CA that does not load"),
         pytest.param(["--context", "bad-token", "--kubeconfig", "{files}/in.yaml", "--insecure"],
                      "context 'bad-token': user 'bad': token: the token contains control characters", id="a token that cannot be sent"),
-        pytest.param(["--context", "token-file", "--kubeconfig", "{files}/in.yaml", "--insecure"], "cannot read {files}/no-token", id="a tokenFile not there"),
+        pytest.param(["--context", "token-file", "--kubeconfig", "{files}/in.yaml", "--insecure"], "cannot read {files}/no-token",
+                     id="a tokenFile not there"),
     ],
 )
 def test_diagnose_context_refusals_exit_2(capsys, files, argv, message):
@@ -804,7 +814,8 @@ def test_diagnose_context_refusals_exit_2(capsys, files, argv, message):
                                       f"    certificate-authority-data: {b64(pem('broken'))}\n", 1)
     text = text.replace("users:\n", "users:\n- name: bad\n  user:\n    token: \"a\\nb\"\n- name: tf\n  user:\n    tokenFile: no-token\n", 1)
     text = text.replace("contexts:\n", "contexts:\n- name: bad-ca\n  context: {cluster: bad, user: me}\n"
-                        "- name: bad-token\n  context: {cluster: rancher, user: bad}\n- name: token-file\n  context: {cluster: rancher, user: tf}\n", 1)
+                        "- name: bad-token\n  context: {cluster: rancher, user: bad}\n"
+                        "- name: token-file\n  context: {cluster: rancher, user: tf}\n", 1)
     source.write_text(text)
     status = cli.main(["diagnose", *(a.format(files=files) for a in argv)])
     out, err = capsys.readouterr()

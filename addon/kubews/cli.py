@@ -145,7 +145,7 @@ def _kubeconfig(args: argparse.Namespace) -> int:
         trusts = tuple(kc.cluster_trust(route, kc.read_text) for route in routes)
         needs_roots = any(not t.certificates and not t.insecure for t in trusts)
         roots = kc.public_roots() if needs_roots else ()
-        clusters = tuple(kc.rewrite_cluster(r, t, mode, mitmproxy_certificates, roots) for r, t in zip(routes, trusts))
+        clusters = tuple(kc.rewrite_cluster(r, t, mode, mitmproxy_certificates, roots) for r, t in zip(routes, trusts, strict=True))
         bundle = kc.upstream_bundle(trusts, roots)
     except kc.KubeconfigError as e:
         print(f"k8s-ws kubeconfig: {e}", file=sys.stderr)

@@ -586,7 +586,8 @@ def summary(done: Written) -> str:
         lines.append(f"wrote: {done.upstream_ca} ({count} CA certificate{'s' if count != 1 else ''} mitmproxy verifies the clusters with)")
     else:
         lines.append("no upstream CA to write: the clusters skip verification")
-    lines += ["run the proxy:", f"  {shell_line(list(done.command))}", f"then: KUBECONFIG={shlex.quote(done.output)} kubectl, headlamp, ..."]
+    lines += ["run the proxy:", f"  {shell_line(list(done.command))}"]
+    lines.append(f"then: KUBECONFIG={shlex.quote(done.output)} kubectl, headlamp, ...")
     return "\n".join(lines)
 
 
