@@ -34,12 +34,15 @@ class Mitmdump:
         env: dict[str, str] | None = None,
         addon: bool = True,
         program: str = "mitmdump",
+        split_stderr: bool = False,
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.confdir = self.workdir / "confdir"
         self.ready_file = self.workdir / "ready.json"
         self.log_file = self.workdir / "mitmdump.log"
+        # With split_stderr, standard error goes to its own file instead of the log.
+        self.stderr_file = self.workdir / "mitmdump.stderr" if split_stderr else None
         command = [
             sys.executable, "-c", f"from mitmproxy.tools.main import {program}; {program}()",
             "--mode", mode,
@@ -73,8 +76,11 @@ class Mitmdump:
     def start(self, timeout: float = 20.0) -> "Mitmdump":
         self.ready_file.unlink(missing_ok=True)
         log = open(self.log_file, "wb")
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
+        errors = open(self.stderr_file, "wb") if self.stderr_file else subprocess.STDOUT
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=errors, env=self.env, cwd=self.workdir)
         log.close()
+        if self.stderr_file:
+            errors.close()
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
             if self.process.poll() is not None:
@@ -94,6 +100,10 @@ class Mitmdump:
 
     def output(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def stderr(self) -> str:
+        """Standard error, when started with split_stderr."""
+        return self.stderr_file.read_text(errors="replace") if self.stderr_file and self.stderr_file.exists() else ""
 
     def wait_for_output(self, text: str, timeout: float = 5.0, start: int = 0) -> str:
         """Wait until `text` appears in the output after offset `start`; return the output."""

@@ -1,6 +1,7 @@
 """The addon against mitmproxy's own test doubles (taddons, tflow): the thin layer's duties."""
 
 import asyncio
+import sys
 from dataclasses import replace
 import logging
 
@@ -613,3 +614,59 @@ def test_the_log_filter_comes_off_in_done_and_with_show_tokens(rules_file, caplo
         assert TOKEN not in mitmproxy_lines(caplog)
         addon.done()
         assert TOKEN in mitmproxy_lines(caplog)  # a removed addon leaves mitmproxy's logging as it was
+
+
+# --- operating: options, and failed handshakes flagged in the flow list -------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        pytest.param("k8s_ws_metrics", "9100", "expected host:port", id="metrics: no host"),
+        pytest.param("k8s_ws_metrics", "127.0.0.1:http", "expected host:port", id="metrics: a port that is no number"),
+        pytest.param("k8s_ws_metrics", "127.0.0.1:70000", "expected host:port", id="metrics: a port out of range"),
+        pytest.param("k8s_ws_log_format", "xml", "k8s_ws_log_format", id="log format: unknown"),
+    ],
+)
+def test_bad_operating_options_are_refused(addon, option, value, message):
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=message):
+            tctx.configure(addon, **{option: value})
+
+
+def test_metrics_without_prometheus_client_is_a_clear_error(addon, monkeypatch):
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails, as when not installed
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=r"pip install 'k8s-ws\[metrics\]'"):
+            tctx.configure(addon, k8s_ws_metrics="127.0.0.1:0")
+
+
+def test_a_failed_handshake_is_marked_and_its_hint_is_the_comment(addon):
+    flow = headlamp_exec()
+    send(addon, flow)
+    answer(addon, flow, status=401, headers=[("Content-Type", "text/plain"), ("X-Api-Cattle-Auth", "false")])
+    addon.response(flow)
+    assert flow.marked == ":warning:"
+    assert flow.comment.startswith("k8s_ws: ") and flow.comment.removeprefix("k8s_ws: ") == flow.metadata["k8s_ws"]["hint"]
+
+
+def test_a_refused_handshake_is_marked_with_the_refusal(addon):
+    flow = upgrade(headers=[("Sec-WebSocket-Protocol", ENTRY)])
+    addon.requestheaders(flow)
+    assert flow.marked and flow.comment == flow.response.get_text().strip()
+
+
+def test_a_handshake_that_worked_is_not_marked(addon):
+    flow = headlamp_exec()
+    send(addon, flow)
+    answer(addon, flow, headers=[("Sec-WebSocket-Protocol", "v4.channel.k8s.io")])
+    addon.response(flow)
+    assert (flow.marked, flow.comment) == ("", "")
+
+
+def test_the_users_own_marker_and_comment_stay(addon):
+    flow = upgrade(headers=[("Sec-WebSocket-Protocol", ENTRY)])
+    flow.marked, flow.comment = ":star:", "looking at this one"
+    addon.requestheaders(flow)
+    assert flow.marked == ":star:"
+    assert flow.comment.startswith("looking at this one\nk8s_ws: rule 'rancher'")

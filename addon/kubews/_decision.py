@@ -34,6 +34,17 @@ class Forward:
     uses_stored_token: bool = False
 
 
+class RefusalCode:
+    """Why k8s-ws answered a request itself, as a short name from a fixed set: for metrics."""
+
+    SEVERAL_ENTRIES = "several_entries"
+    UNDECODABLE_ENTRY = "undecodable_entry"
+    NO_OTHER_PROTOCOL = "no_other_protocol"
+    TOKEN_SOURCE = "token_source"
+    REDIRECTED = "redirected"  # the stored token's destination changed after the rule matched
+    INTERNAL_ERROR = "internal_error"
+
+
 @dataclass(frozen=True)
 class Refuse:
     """Answer the client ourselves; nothing goes upstream."""
@@ -41,6 +52,7 @@ class Refuse:
     rule: Rule
     status: int
     reason: str  # never contains a token
+    code: str  # a RefusalCode
 
     @property
     def body(self) -> str:
@@ -48,9 +60,10 @@ class Refuse:
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, code: str, reason: str):
         super().__init__(reason)
         self.status = status
+        self.code = code
         self.reason = reason
 
 
@@ -83,7 +96,7 @@ def decide(ruleset: RuleSet, request: Handshake) -> Forward | Refuse | None:
             rule, ruleset.stored_token(rule), offer, index.get("authorization", []), edits
         )
     except _Refusal as refusal:
-        return Refuse(rule, refusal.status, refusal.reason)
+        return Refuse(rule, refusal.status, refusal.reason, refusal.code)
     _adjust_user_agent(rule, index.get("user-agent", []), edits)
     _adjust_origin(rule, request, index.get("origin", []), edits)
     headers = _without_folds(replace_headers(request.headers, edits.changes), edits)
@@ -106,11 +119,11 @@ def _read_offer(protocol_values: list[str]) -> _Offer:
         try:
             token = decode_token(bearer_payload(entry))
         except TokenError as e:
-            raise _Refusal(400, f"bearer entry {position} in {PROTOCOL_HEADER} does not decode: {e}") from None
+            raise _Refusal(400, RefusalCode.UNDECODABLE_ENTRY, f"bearer entry {position} in {PROTOCOL_HEADER} does not decode: {e}") from None
         if token:  # an entry with an empty token counts as no token (facts §1)
             offered.append(token)
     if len(offered) > 1:
-        raise _Refusal(400, f"{len(offered)} bearer entries in {PROTOCOL_HEADER}; at most one is allowed")
+        raise _Refusal(400, RefusalCode.SEVERAL_ENTRIES, f"{len(offered)} bearer entries in {PROTOCOL_HEADER}; at most one is allowed")
     return _Offer(others, bool(entries), offered[0] if offered else None)
 
 
@@ -122,6 +135,7 @@ def _place_credentials(
     if offer.has_entries and not offer.others and rule.auth is Auth.HEADER:
         raise _Refusal(
             400,
+            RefusalCode.NO_OTHER_PROTOCOL,
             f"no other protocol left in {PROTOCOL_HEADER} once the bearer entry is removed "
             "(the server must have one to answer with)",
         )
@@ -140,7 +154,7 @@ def _token_to_inject(rule: Rule, stored: StoredToken | None, offer: _Offer, clie
     if offer.token is not None or client_authorization or rule.token is None:
         return None
     if not isinstance(stored, str):
-        raise _Refusal(500, f"the token source ({rule.token}) cannot be read: {stored}")
+        raise _Refusal(500, RefusalCode.TOKEN_SOURCE, f"the token source ({rule.token}) cannot be read: {stored}")
     return stored
 
 

@@ -58,3 +58,16 @@ def _destinations(flow: http.HTTPFlow, ssl_insecure: bool) -> tuple[Destination,
 def answer(flow: http.HTTPFlow, status: int, body: str) -> None:
     """Answer the client here: nothing goes upstream."""
     flow.response = http.Response.make(status, body.encode(), {"Content-Type": "text/plain"})
+
+
+#: How a flow whose handshake failed is marked in mitmproxy's and mitmweb's flow lists.
+FAILED_MARKER = ":warning:"
+
+
+def flag(flow: http.HTTPFlow, why: str) -> None:
+    """Mark a flow whose handshake failed and say why in its comment, where mitmweb and the
+    console show it. A user's own marker and comment stay; ours is added to the comment."""
+    if not flow.marked:
+        flow.marked = FAILED_MARKER
+    if why not in flow.comment:
+        flow.comment = f"{flow.comment}\n{why}" if flow.comment else why

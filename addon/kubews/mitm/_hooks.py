@@ -19,12 +19,14 @@ import os
 
 from mitmproxy import ctx, exceptions, http, tcp
 
-from .. import Refuse, decide, refusal_body, withheld_token
+from .. import RefusalCode, Refuse, decide, refusal_body, withheld_token
 from ..hints import offered_protocols
 from ..rulesfile import RulesError
 from . import _flows, _options, _record, _report
 from ._commands import Commands
 from ._logfilter import RedactingFilter
+from ._logformat import FORMATS, LogFormat
+from ._metrics import FAILED_STATUS, Metrics, Outcome, ReloadResult
 from ._pinning import Pins
 from ._record import Handled, Stage
 from ._relay import Relay
@@ -41,12 +43,15 @@ class K8sWs:
     """Applies the rules to WebSocket upgrades and keeps credentials out of sight."""
 
     def __init__(self) -> None:
-        self.rules = RulesWatcher()
+        self.metrics = Metrics()
+        self.log_format = LogFormat(_report.logger)
+        self.rules = RulesWatcher(on_reload=lambda ok: self.metrics.reload(ReloadResult.OK if ok else ReloadResult.ERROR))
         self.secrets = SecretKeeper()
         self.pins = Pins()
         self.relay = Relay()
         self._reveal = RevealBeforeSend(self._send)
         self.log_filter = RedactingFilter()
+        self._running = False  # between `running` and `done`: a changed metrics endpoint restarts its server
         self.addons = [Commands(self.rules)]  # mitmproxy registers sub-addons and their commands
 
     # --- options and lifecycle --------------------------------------------------------------
@@ -59,6 +64,14 @@ class K8sWs:
             _report.no_raw_relay(unavailable)
 
     def configure(self, updated: set[str]) -> None:
+        if "k8s_ws_log_format" in updated:  # first: the lines about the rules go where it says
+            if ctx.options.k8s_ws_log_format not in FORMATS:  # mitmproxy checks choices only on --set
+                raise exceptions.OptionsError(f"k8s_ws_log_format must be one of {', '.join(FORMATS)}")
+            self.log_format.use(ctx.options.k8s_ws_log_format)
+        if "k8s_ws_metrics" in updated:
+            self.metrics.configure(ctx.options.k8s_ws_metrics)
+            if self._running:
+                self._serve_metrics()
         if "k8s_ws_show_tokens" in updated:
             self.log_filter.enabled = not ctx.options.k8s_ws_show_tokens
         if "k8s_ws_inspect_history" in updated and ctx.options.k8s_ws_inspect_history < 1:
@@ -73,8 +86,22 @@ class K8sWs:
         if self._reveal not in ctx.master.addons.chain:
             ctx.master.addons.add(self._reveal)
         self.rules.start()
+        self._running = True
+        self._serve_metrics()
+
+    def _serve_metrics(self) -> None:
+        try:
+            self.metrics.start()
+        except exceptions.OptionsError as e:
+            _report.metrics_unavailable(e)  # the proxy itself runs on
+        else:
+            if self.metrics.port is not None:
+                _report.metrics_served(self.metrics.endpoint.host, self.metrics.port)
 
     def done(self) -> None:
+        self._running = False
+        self.metrics.stop()
+        self.log_format.reset()
         self.rules.stop()
         if self._reveal in ctx.master.addons.chain:
             ctx.master.addons.remove(self._reveal)
@@ -113,7 +140,9 @@ class K8sWs:
         if isinstance(verdict, Refuse):
             _record.write(flow, Handled(verdict.rule.name, Stage.REFUSED, reason=verdict.reason, status=verdict.status))
             _flows.answer(flow, verdict.status, verdict.body)
-            _report.refused(flow, flow.request.host, verdict.reason)
+            _flows.flag(flow, verdict.body.strip())
+            _report.refused(flow, flow.request.host, verdict.rule.name, verdict.status, verdict.reason)
+            self.metrics.refusal(verdict.rule.name, verdict.code, verdict.status)
             return
         _record.write(
             flow,
@@ -144,8 +173,10 @@ class K8sWs:
                 "matched; its stored token is not sent there"
             )
             _record.write(flow, record.replace(stage=Stage.REFUSED, reason=reason, status=500))
-            _report.refused(flow, moved_from, f"rule '{record.rule}': {reason}")
+            _report.refused(flow, moved_from, record.rule, 500, reason)
             _flows.answer(flow, 500, refusal_body(reason, record.rule))
+            _flows.flag(flow, refusal_body(reason, record.rule).strip())
+            self.metrics.refusal(record.rule, RefusalCode.REDIRECTED, 500)
             self.secrets.forget(flow)
         except Exception as e:
             self._fail_closed(flow, e)
@@ -156,6 +187,8 @@ class K8sWs:
         record = _record.read(flow)
         reason = f"internal error ({type(e).__name__}); nothing was forwarded"
         _flows.answer(flow, 500, refusal_body(reason, record and record.rule))
+        _flows.flag(flow, refusal_body(reason, record and record.rule).strip())
+        self.metrics.refusal(record.rule if record else "", RefusalCode.INTERNAL_ERROR, 500)
         if record is not None:
             _record.write(flow, record.replace(stage=Stage.REFUSED, reason=reason, status=500))
         try:
@@ -179,6 +212,8 @@ class K8sWs:
             )
             _record.write(flow, record)
             _report.handled(flow, record)
+            outcome = Outcome.ACCEPTED if record.status == 101 else Outcome.REJECTED
+            self.metrics.handshake(record.rule, outcome, record.status)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.secrets.forget(flow)
@@ -189,6 +224,7 @@ class K8sWs:
             record = record.replace(stage=Stage.FAILED, error=flow.error.msg)
             _record.write(flow, record)
             _report.handled(flow, record)
+            self.metrics.handshake(record.rule, Outcome.FAILED, FAILED_STATUS)
         hint = _report.transport_hint(flow)
         if hint and _report.is_hinted(flow, record):
             self._hint(flow, record, "error", hint)
@@ -201,6 +237,7 @@ class K8sWs:
             relay = self.relay.choose(flow, inspect=ctx.options.k8s_ws_inspect, rawtcp=ctx.options.rawtcp)
             record = record.replace(relay=relay)
             _record.write(flow, record)
+            self.metrics.stream_opened(record.rule, flow.client_conn.id)
         if _report.is_hinted(flow, record):
             hint = _report.answer_hint(flow, record)
             if hint:
@@ -210,6 +247,7 @@ class K8sWs:
     def _hint(flow: http.HTTPFlow, record: Handled | None, status: int | str, hint) -> None:
         if record is not None:
             _record.write(flow, record.replace(hint=str(hint)))  # for mitmweb and saved flows
+        _flows.flag(flow, f"k8s_ws: {hint}")
         _report.failed_handshake(flow, record, status, hint)
 
     # --- the stream -------------------------------------------------------------------------
@@ -219,6 +257,11 @@ class K8sWs:
             return
         if _record.read(flow) is not None:
             self.relay.bound_history(flow, ctx.options.k8s_ws_inspect_history)
+
+    def client_disconnected(self, client) -> None:
+        # The end of an upgraded connection, whichever layer relayed it (a raw relay's TCP flow
+        # runs no hook of its own).
+        self.metrics.stream_closed(client.id)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         if flow.error or not flow.live:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..rulesfile import default_rules_path
+from ._logformat import FORMATS
 
 
 def add_options(loader) -> None:
@@ -27,4 +28,19 @@ def add_options(loader) -> None:
         100,
         "k8s-ws: with k8s_ws_inspect, how many of the latest messages of a handled stream "
         "its flow keeps (at least 1).",
+    )
+    loader.add_option(
+        "k8s_ws_metrics",
+        str,
+        "",
+        "k8s-ws: host:port to serve Prometheus metrics on, at /metrics (empty: off). "
+        "Needs prometheus-client: pip install 'k8s-ws[metrics]'.",
+    )
+    loader.add_option(
+        "k8s_ws_log_format",
+        str,
+        "text",
+        "k8s-ws: text: the addon's lines go to mitmproxy's event log; json: instead, to standard "
+        "error as one JSON object per line.",
+        choices=FORMATS,
     )

@@ -49,8 +49,22 @@ def no_raw_relay(reason: str) -> None:
     )
 
 
+def metrics_served(host: str, port: int) -> None:
+    logger.info(f"k8s_ws: metrics at http://{host}:{port}/metrics")
+
+
+def metrics_unavailable(error: Exception) -> None:
+    logger.error(f"k8s_ws: no metrics: {error}")
+
+
 def rules_broken(error: RulesError, in_force: RuleSet) -> None:
     logger.error(f"{error}\nk8s_ws: keeping the last good rules ({len(in_force.rules)} rules)")
+
+
+def _fields(flow: http.HTTPFlow, rule: str | None, **more) -> dict:
+    """The fields of a line about a request, for `k8s_ws_log_format=json` (`_logformat`)."""
+    fields = {"rule": rule, "host": flow.request.host, "path": request_path(flow), **more}
+    return {"k8s_ws": {name: value for name, value in fields.items() if value is not None}}
 
 
 def handled(flow: http.HTTPFlow, record: Handled) -> None:
@@ -62,10 +76,11 @@ def handled(flow: http.HTTPFlow, record: Handled) -> None:
     )
     if record.token_withheld_by:
         line += f"; {_withheld(flow, record.token_withheld_by)}"
-    if record.stage is Stage.FAILED:
-        logger.warning(line)
-    else:
-        logger.info(line)
+    fields = _fields(
+        flow, record.rule, actions=list(record.actions), token=record.fingerprint,
+        status=record.status, protocol=record.protocol,
+    )  # fmt: skip
+    logger.log(logging.WARNING if record.stage is Stage.FAILED else logging.INFO, line, extra=fields)
 
 
 def _withheld(flow: http.HTTPFlow, rule: str) -> str:
@@ -77,16 +92,25 @@ def _withheld(flow: http.HTTPFlow, rule: str) -> str:
 
 def token_withheld(flow: http.HTTPFlow, rule: str) -> None:
     """A request no rule handled, from which a rule's stored token was withheld."""
-    logger.info(f"k8s_ws: {flow.request.host} {request_path(flow)}: no rule applied; {_withheld(flow, rule)}")
+    logger.info(
+        f"k8s_ws: {flow.request.host} {request_path(flow)}: no rule applied; {_withheld(flow, rule)}",
+        extra=_fields(flow, None, actions=[f"token of rule '{rule}' withheld"]),
+    )
 
 
-def refused(flow: http.HTTPFlow, host: str, reason: str) -> None:
-    logger.warning(f"k8s_ws: refused {request_path(flow)} on {host}: {reason}")
+def refused(flow: http.HTTPFlow, host: str, rule: str, status: int, reason: str) -> None:
+    logger.warning(
+        f"k8s_ws: refused {request_path(flow)} on {host} ({status}): rule '{rule}': {reason}",
+        extra=_fields(flow, rule, host=host, status=status),
+    )
 
 
 def failed_handshake(flow: http.HTTPFlow, record: Handled | None, status: int | str, hint: hints.Hint) -> None:
     who = f"rule '{record.rule}'" if record else "no rule"
-    logger.warning(f"k8s_ws: {who} {flow.request.host} {request_path(flow)}: upstream {status}: {hint}")
+    logger.warning(
+        f"k8s_ws: {who} {flow.request.host} {request_path(flow)}: upstream {status}: {hint}",
+        extra=_fields(flow, record and record.rule, status=status if isinstance(status, int) else None, hint=str(hint)),
+    )
 
 
 def internal_error(e: Exception) -> None:

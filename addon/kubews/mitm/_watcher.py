@@ -9,6 +9,7 @@ which a poll of the file's stat sees like any other edit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import os
 
 from .. import RuleSet
@@ -31,8 +32,9 @@ def _file_states(paths) -> tuple:
 
 
 class RulesWatcher:
-    def __init__(self) -> None:
+    def __init__(self, on_reload: Callable[[bool], None] | None = None) -> None:
         self.ruleset: RuleSet | None = None
+        self._on_reload = on_reload or (lambda reloaded: None)  # told of each reload: True if it worked
         self._seen: tuple | None = None  # the watched files' states when last read
         self._task: asyncio.Task | None = None
 
@@ -48,8 +50,10 @@ class RulesWatcher:
         except RulesError as e:
             self._seen = _file_states(self.ruleset.watched_files())  # report each broken edit once
             _report.rules_broken(e, self.ruleset)
+            self._on_reload(False)
             return False
         self._use(ruleset, "reloaded")
+        self._on_reload(True)
         return True
 
     def start(self) -> None:
