@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,3 +133,45 @@ class Mitmdump:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def mitmweb_option_names(confdir: Path) -> set[str]:
+    """The options this mitmweb has, from its own `--options` (YAML: `name: default` lines)."""
+    dump = subprocess.run(
+        [sys.executable, "-c", "from mitmproxy.tools.main import mitmweb; mitmweb()", "--set", f"confdir={confdir}", "--options"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    return {line.partition(":")[0] for line in dump.splitlines() if line[:1].isalpha()}
+
+
+class Mitmweb(Mitmdump):
+    """A mitmweb process, its web UI on a free port of 127.0.0.1. From mitmproxy 11.1.2 on,
+    mitmweb asks for a password (`web_password`): it gets one, and its API is called with it as
+    mitmweb's own clients call it (`Authorization: Bearer`; the page takes `?token=`)."""
+
+    def __init__(self, workdir: Path, *, options: dict[str, object] | None = None, args: tuple[str, ...] = (), **kwargs):
+        self.web_port = free_port()
+        options = dict(options or {})
+        self.web_password: str | None = None
+        if "web_password" in mitmweb_option_names(Path(workdir) / "options-confdir"):
+            options["web_password"] = self.web_password = secrets.token_hex(16)
+        web_args = ("--no-web-open-browser", "--web-host", "127.0.0.1", "--web-port", str(self.web_port))
+        super().__init__(workdir, program="mitmweb", options=options, args=web_args + tuple(args), **kwargs)
+
+    @property
+    def web_auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.web_password}"} if self.web_password else {}
+
+    @property
+    def page_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/" + (f"?token={self.web_password}" if self.web_password else "")
+
+    def get(self, path: str) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", headers=self.web_auth)
+        return urllib.request.urlopen(request, timeout=10).read()

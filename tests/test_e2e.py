@@ -10,23 +10,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import socket
-import subprocess
-import sys
-import urllib.request
 import ssl
 import time
 
 import pytest
-import websockets
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 from fake_rancher import HEALTHY, LOCAL
 from helpers import (VECTORS, BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PAGE_ORIGIN, TOKEN,
                      base64url_entry, secret_forms, standard_entry)
-from mitmdump_harness import ROOT, Mitmdump
+from mitmdump_harness import ROOT, Mitmdump, Mitmweb
+from ws_client import open_async, open_ws
 
 pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
 
@@ -125,43 +120,6 @@ def client_ssl(pki):
     return ssl.create_default_context(cafile=pki.ca_cert)
 
 # --- clients ----------------------------------------------------------------------------------
-
-class Outcome:
-    def __init__(self, status, protocol=None, messages=(), body=b"", headers=None):
-        self.status, self.protocol, self.messages, self.body, self.headers = status, protocol, list(messages), body, headers
-
-    def __repr__(self):
-        return f"Outcome({self.status}, {self.protocol!r}, {self.messages[:3]!r}, {self.body[:200]!r})"
-
-async def _open(url, protocols, *, user_agent=BROWSER_UA, origin=PAGE_ORIGIN, headers=(), ssl_context=None, proxy=None, messages=2):
-    kwargs = dict(
-        subprotocols=protocols or None,
-        additional_headers=list(headers),
-        user_agent_header=user_agent,
-        origin=origin,
-        open_timeout=10,
-        max_size=None,
-    )
-    if ssl_context is not None:
-        kwargs["ssl"] = ssl_context
-    if proxy is not None:
-        kwargs["proxy"] = proxy
-    else:
-        kwargs["proxy"] = None
-    try:
-        async with connect(url, **kwargs) as ws:
-            received = []
-            try:
-                for _ in range(messages):
-                    received.append(await asyncio.wait_for(ws.recv(), 10))
-            except websockets.ConnectionClosed:
-                pass
-            return Outcome(101, ws.subprotocol, received)
-    except InvalidStatus as e:
-        return Outcome(e.response.status_code, body=e.response.body, headers=e.response.headers)
-
-def open_ws(*args, **kwargs) -> Outcome:
-    return asyncio.run(_open(*args, **kwargs))
 
 def latest(server, path_part):
     records = [r for r in server.records if path_part in r.target]
@@ -455,48 +413,17 @@ def test_rules_change_is_applied_within_2_seconds_and_a_broken_edit_keeps_the_la
         assert open_ws(url, protocols).status == 101
         assert proxy.process.poll() is None
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-def mitmweb_option_names(confdir) -> set[str]:
-    """The options this mitmweb has, from its own `--options` (YAML: `name: default` lines)."""
-    dump = subprocess.run(
-        [sys.executable, "-c", "from mitmproxy.tools.main import mitmweb; mitmweb()", "--set", f"confdir={confdir}", "--options"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout
-    return {line.partition(":")[0] for line in dump.splitlines() if line[:1].isalpha()}
-
 def test_no_token_in_mitmweb_nor_in_a_har_file(tmp_path, rancher, pki):
-    web_port = free_port()
     har = tmp_path / "flows.har"
-    options: dict[str, object] = {"hardump": har}
-    web_auth: dict[str, str] = {}
-    # mitmweb asks for a password from mitmproxy 11.1.2 on (before, its API was open): set one,
-    # and send it as mitmweb's API clients do.
-    if "web_password" in mitmweb_option_names(tmp_path / "options-confdir"):
-        options["web_password"] = password = secrets.token_hex(16)
-        web_auth = {"Authorization": f"Bearer {password}"}
-    proxy = Mitmdump(
-        tmp_path,
-        program="mitmweb",
-        mode=f"reverse:{rancher.url}",
-        upstream_ca=pki.ca_cert,
-        options=options,
-        args=("--no-web-open-browser", "--web-host", "127.0.0.1", "--web-port", str(web_port)),
-    )
-
-    def get(path: str) -> bytes:
-        request = urllib.request.Request(f"http://127.0.0.1:{web_port}{path}", headers=web_auth)
-        return urllib.request.urlopen(request).read()
+    proxy = Mitmweb(tmp_path, mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert, options={"hardump": har})
+    web_port, web_auth, get = proxy.web_port, proxy.web_auth, proxy.get
 
     async def scenario():
         # mitmweb's UI follows flows live over /updates: listen to everything it broadcasts.
         async with connect(f"ws://127.0.0.1:{web_port}/updates", proxy=None, max_size=None,
                            additional_headers=web_auth) as updates:
             base = f"ws://127.0.0.1:{proxy.port}"
-            outcome = await _open(base + exec_path(namespace="web-exec"), [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)])
+            outcome = await open_async(base + exec_path(namespace="web-exec"), [*EXEC_PROTOCOLS[:-1], standard_entry(TOKEN)])
             assert outcome.status == 101
             broadcast = []
             try:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import ssl
 import time
 import urllib.request
@@ -20,7 +19,7 @@ from websockets.asyncio.client import connect
 
 from fake_rancher import DEAD, HEALTHY
 from helpers import KUBECONFIG_TOKEN, TOKEN, secret_forms, standard_entry
-from mitmdump_harness import ROOT, Mitmdump
+from mitmdump_harness import ROOT, Mitmdump, free_port
 from ws_client import open_ws
 
 pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
@@ -36,12 +35,6 @@ def exec_url(proxy: Mitmdump, cluster: str = HEALTHY) -> str:
 
 def proxy_ssl(proxy: Mitmdump) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=proxy.ca_cert)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 Samples = dict[tuple[str, frozenset], float]
