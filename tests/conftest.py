@@ -6,6 +6,7 @@ And a guard at collection: no test id may hold a test token in any form, since i
 """
 
 import logging
+import shutil
 import sys
 
 import pytest
@@ -75,3 +76,15 @@ def regular(tmp_path_factory, pki):
     """mitmdump as a regular proxy (clients use CONNECT for wss://), with the shipped rules.yaml."""
     with Mitmdump(tmp_path_factory.mktemp("regular"), upstream_ca=pki.ca_cert) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium-headless-shell, or a skip that says how to get it."""
+    path = shutil.which("chromium-headless-shell")
+    if path is None:
+        pytest.skip(
+            "chromium-headless-shell not found on PATH: install Debian's chromium-headless-shell "
+            "(.ci/run does) to run the browser tests"
+        )
+    return path

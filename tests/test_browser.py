@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
@@ -194,15 +193,6 @@ def spki_sha256(cert_file: str) -> str:
 
 
 # --- fixtures: one server, one mitmdump, one browser per module ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = shutil.which("chromium-headless-shell")
-    if path is None:
-        pytest.skip("chromium-headless-shell not found on PATH: install Debian's chromium-headless-shell "
-                    "(.ci/run does) to run the browser tests")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -358,15 +358,6 @@ def test_headlamp_030_kubeconfig_token_through_k8s_ws(routed, rancher):
 # --- a browser with --proxy-server ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    path = shutil.which("chromium-headless-shell")
-    if path is None:
-        pytest.skip("chromium-headless-shell not found on PATH: install Debian's chromium-headless-shell "
-                    "(.ci/run does) to run the browser tests")
-    return path
-
-
 def browser_through(workdir: Path, chromium: str, regular: Routed, bypass_loopback: bool):
     from test_browser import Browser, spki_sha256  # the page and its driver (tests/test_browser.py)
 

@@ -1,13 +1,17 @@
 """Operating k8s-ws (interface §2, §5, §8): Prometheus metrics scraped from a real mitmdump while
 handshakes succeed, are refused, are rejected and fail upstream, while a stream is open and after
-it closed, and after rules reloads; the addon's log lines as JSON on standard error."""
+it closed, and after rules reloads; the addon's log lines as JSON on standard error; failed
+handshakes marked, their hint the comment, through mitmweb's API and on its page in Chromium
+(the screenshot is kept in test-artifacts/)."""
 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import shutil
+import subprocess
 import ssl
 import time
 import urllib.request
@@ -19,7 +23,7 @@ from websockets.asyncio.client import connect
 
 from fake_rancher import DEAD, HEALTHY
 from helpers import KUBECONFIG_TOKEN, TOKEN, secret_forms, standard_entry
-from mitmdump_harness import ROOT, Mitmdump, free_port
+from mitmdump_harness import ROOT, Mitmdump, Mitmweb, free_port
 from ws_client import open_ws
 
 pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
@@ -219,3 +223,61 @@ def test_json_log_lines_on_standard_error(tmp_path, rancher, pki):
     assert "k8s_ws: rule" not in proxy.output()  # not in the event log as well
     everything = proxy.stderr() + proxy.output()
     assert not any(form in everything for token in (TOKEN, UNKNOWN_TOKEN) for form in secret_forms(token))
+
+
+# --- failed handshakes flagged where people look (interface §5) ----------------------------------
+
+#: Where the screenshot of mitmweb's page is kept after a run (not in git), for a person to look at.
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory, rancher, pki):
+    """mitmweb in reverse mode in front of Rancher, after a rejected, a refused and an accepted
+    handshake."""
+    proxy = Mitmweb(tmp_path_factory.mktemp("web"), mode=f"reverse:{rancher.url}", upstream_ca=pki.ca_cert)
+    with proxy:
+        context = proxy_ssl(proxy)
+        proxy.outcomes = [
+            open_ws(exec_url(proxy), [*PROTOCOLS, standard_entry(UNKNOWN_TOKEN)], ssl_context=context).status,
+            open_ws(exec_url(proxy), [standard_entry(TOKEN)], ssl_context=context).status,
+            open_ws(exec_url(proxy), [*PROTOCOLS, standard_entry(TOKEN)], ssl_context=context, messages=1).status,
+        ]
+        yield proxy
+
+
+def listed_flows(web: Mitmweb) -> dict[int, dict]:
+    """mitmweb's flow list, by response status."""
+    deadline = time.monotonic() + 5
+    while True:
+        flows = {f["response"]["status_code"]: f for f in json.loads(web.get("/flows")) if f.get("response")}
+        if len(flows) == 3 or time.monotonic() > deadline:
+            return flows
+        time.sleep(0.1)
+
+
+def test_mitmweb_lists_failed_handshakes_marked_with_their_hint(web):
+    assert web.outcomes == [401, 400, 101]
+    flows = listed_flows(web)
+    assert flows[401]["marked"] and flows[400]["marked"] and not flows[101]["marked"]
+    assert flows[401]["comment"].startswith("k8s_ws: Rancher refused the token (401")
+    assert flows[400]["comment"].startswith("k8s_ws: rule 'rancher': no other protocol left")
+    assert flows[101]["comment"] == ""
+    listed = web.get("/flows").decode()
+    assert not any(form in listed for token in (TOKEN, UNKNOWN_TOKEN) for form in secret_forms(token))
+
+
+def test_mitmweb_page_shows_the_marker_and_the_comment(web, chromium, tmp_path):
+    flow = listed_flows(web)[401]
+    page = f"{web.page_url}#/flows/{flow['id']}/comment"  # the flow list, and the flow's Comment tab
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "mitmweb-flagged-flow.png"
+    flags = [chromium, "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--window-size=1400,900",
+             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=90).stdout
+    subprocess.run([*flags, f"--screenshot={screenshot}", page], capture_output=True, timeout=90)
+    rows = re.findall(r"<tr[^>]*>.*?</tr>", dom, re.S)
+    flagged = [row for row in rows if "exec?command=sh" in row and "⚠" in row]
+    assert len(flagged) == 2, rows  # the 401 and the 400; not the 101
+    assert "Rancher refused the token (401" in html.unescape(dom)  # the Comment tab, rendered
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
