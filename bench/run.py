@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "addon"), str(ROOT / "tests")]
 
 import kubews  # noqa: E402
+
 # The client sends the tests' token and browser headers (tests/helpers.py).
 from helpers import BROWSER_UA, PAGE_ORIGIN, TOKEN, base64url_entry  # noqa: E402
 from kubews.rulesfile import load_rules  # noqa: E402
@@ -156,7 +157,7 @@ class Decision:
         rules_file.write_text(
             "rules:\n"
             + "".join(
-                f"  - name: rancher-{i}\n    hosts: [\"rancher-{i}.example.com\"]\n    paths: {paths}\n    origin: match-host\n"
+                f'  - name: rancher-{i}\n    hosts: ["rancher-{i}.example.com"]\n    paths: {paths}\n    origin: match-host\n'
                 for i in range(count)
             )
         )
@@ -320,11 +321,17 @@ def report(measured: dict, rounds: int, load: tuple[float, float]) -> str:
         "",
         "| " + " | ".join(h.ljust(w) for h, w in zip(["", *SETUPS], widths, strict=True)) + " |",
         "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|",
-        *("| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))]) + " |" for row in table),
+        *(
+            "| " + " | ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))]) + " |"
+            for row in table
+        ),
         "",
         "rule decision (kubews.decide, a Chromium exec handshake that the last rule matches), median "
-        "(10th percentile): " + ", ".join(f"{median:.1f} µs ({fast:.1f}) with {count:,} rule{'s' * (count > 1)}"
-                                          for count, (median, fast) in sorted(decision.items(), reverse=True)),
+        "(10th percentile): "
+        + ", ".join(
+            f"{median:.1f} µs ({fast:.1f}) with {count:,} rule{'s' * (count > 1)}"
+            for count, (median, fast) in sorted(decision.items(), reverse=True)
+        ),
     ]
 
     def ratio(key: str, setup: str, reference: str) -> float:

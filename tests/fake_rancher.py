@@ -18,10 +18,10 @@ import json
 import re
 import ssl
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -65,7 +65,7 @@ def make_test_pki(directory) -> TestPKI:
     """A CA and a leaf for localhost and 127.0.0.1, as PEM files in directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def certificate(subject, key, issuer, issuer_key, extensions):
         builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)

@@ -76,7 +76,7 @@ class Mitmdump:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "Mitmdump":
+    def start(self, timeout: float = 20.0) -> Mitmdump:
         self.ready_file.unlink(missing_ok=True)
         log = open(self.log_file, "wb")
         errors = open(self.stderr_file, "wb") if self.stderr_file else subprocess.STDOUT
@@ -128,7 +128,7 @@ class Mitmdump:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> "Mitmdump":
+    def __enter__(self) -> Mitmdump:
         return self.start()
 
     def __exit__(self, *exc) -> None:

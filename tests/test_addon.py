@@ -1,9 +1,9 @@
 """The addon against mitmproxy's own test doubles (taddons, tflow): the thin layer's duties."""
 
 import asyncio
+import logging
 import sys
 from dataclasses import replace
-import logging
 
 import pytest
 from mitmproxy import exceptions, hooks, http

@@ -40,9 +40,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fake_rancher import HEALTHY, LOCAL
+
 # standard_entry: Headlamp's and OpenShift's encoding, base64url_entry: Gardener's; computed in Python
 # to check the page's btoa() and its base64url.
-from helpers import VECTORS, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, TOKEN, base64url_entry, standard_entry
+from helpers import DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, TOKEN, VECTORS, base64url_entry, standard_entry
 
 pytestmark = pytest.mark.e2e  # Chromium, mitmdump and the test server
 
@@ -89,7 +90,7 @@ class Browser:
         self.process: subprocess.Popen | None = None
         self.server: ThreadingHTTPServer | None = None
 
-    def start(self) -> "Browser":
+    def start(self) -> Browser:
         browser, page = self, PAGE.read_bytes()
 
         class Handler(BaseHTTPRequestHandler):

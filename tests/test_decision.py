@@ -193,7 +193,9 @@ def test_no_user_agent_action_when_nothing_changes(user_agent, sent_agents):
         pytest.param(OriginAction.KEEP, "https", "r.test", ["http://page"], ["http://page"], id="keep"),
         pytest.param(OriginAction.REMOVE, "https", "r.test", ["http://page"], [], id="remove"),
         pytest.param(OriginAction.MATCH_HOST, "https", "r.test", ["http://page"], ["https://r.test"], id="match-host over TLS"),
-        pytest.param(OriginAction.MATCH_HOST, "http", "r.test:8080", ["http://page", "x"], ["http://r.test:8080"], id="match-host, plain, two lines"),
+        pytest.param(
+            OriginAction.MATCH_HOST, "http", "r.test:8080", ["http://page", "x"], ["http://r.test:8080"], id="match-host, plain, two lines"
+        ),
         pytest.param(OriginAction.MATCH_HOST, "https", "r.test", [], [], id="match-host adds none"),
     ],
 )
@@ -268,7 +270,9 @@ def test_the_verdict_carries_the_rule_itself():
         pytest.param([protocols("a", BEARER_PREFIX + b64std(TOKEN)[:-1] + "é")], {}, 400, id="a non-ASCII character"),
         pytest.param([protocols("a", BEARER_PREFIX + "AAA\udcff")], {}, 400, id="a byte that is not UTF-8"),
         pytest.param([protocols("a", BEARER_PREFIX + "YW\u0660Jj")], {}, 400, id="an Arabic-Indic digit"),
-        pytest.param([("Sec-WebSocket-Protocol", f"a, {ENTRY},\r\n {standard_entry('other')}")], {}, 400, id="a second entry on a folded line"),
+        pytest.param(
+            [("Sec-WebSocket-Protocol", f"a, {ENTRY},\r\n {standard_entry('other')}")], {}, 400, id="a second entry on a folded line"
+        ),
         pytest.param([("Sec-WebSocket-Protocol", f"a, {ENTRY},\xa0{standard_entry('other')}")], {}, 400, id="a second entry after NBSP"),
         pytest.param([protocols(BEARER_PREFIX)], {}, 400, id="an empty entry alone"),
         pytest.param([protocols("a")], {"token": TokenSource("file", "/nope")}, 500, id="token source unreadable"),
@@ -314,7 +318,9 @@ def test_nothing_is_unfolded_when_nothing_is_folded():
     [
         pytest.param(handshake(protocols("a", BEARER_PREFIX + "AAA\udcff"), upgrade=False), id="not an upgrade, a byte that is not UTF-8"),
         pytest.param(handshake(protocols("a", BEARER_PREFIX + "é"), path="/healthz"), id="not an API path, non-ASCII"),
-        pytest.param(handshake(("Sec-WebSocket-Protocol", f"a,\r\n {ENTRY}, {ENTRY}"), upgrade=False), id="not an upgrade, two entries, folded"),
+        pytest.param(
+            handshake(("Sec-WebSocket-Protocol", f"a,\r\n {ENTRY}, {ENTRY}"), upgrade=False), id="not an upgrade, two entries, folded"
+        ),
     ],
 )
 def test_a_request_no_rule_matches_is_never_refused_nor_changed(request_):

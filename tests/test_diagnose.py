@@ -78,8 +78,7 @@ def test_variant_headers_are_what_the_spec_says(variant):
 def outcomes(working):
     """Outcomes of every variant, those in `working` (as labels) with a 101."""
     return [
-        Outcome(v, 101, "x", None) if v.labels in working else Outcome(v, 401, None, Hint("no"))
-        for v in diagnose.variants(with_token=True)
+        Outcome(v, 101, "x", None) if v.labels in working else Outcome(v, 401, None, Hint("no")) for v in diagnose.variants(with_token=True)
     ]
 
 
@@ -88,7 +87,10 @@ def outcomes(working):
     [
         # Rancher (facts §4): Authorization only; a browser User-Agent needs an Origin equal to Host or none
         pytest.param(
-            {("header", u, o) for u, o in [("browser", "matching"), ("browser", "absent"), ("none", "foreign"), ("none", "matching"), ("none", "absent")]},
+            {
+                ("header", u, o)
+                for u, o in [("browser", "matching"), ("browser", "absent"), ("none", "foreign"), ("none", "matching"), ("none", "absent")]
+            },
             Variant(Auth.HEADER, KEEP, OriginAction.MATCH_HOST),
             id="Rancher: header and a matching Origin",
         ),
@@ -236,8 +238,14 @@ def test_insecure_skips_verification(capsys, rancher, token_env):
 @pytest.mark.parametrize(
     "argv, error",
     [
-        pytest.param(["https://x/api/v1/pods?watch=1", "--token-env", "K8S_WS_NOT_SET"], "K8S_WS_NOT_SET is not set", id="token variable not set"),
-        pytest.param(["https://x/api/v1/pods?watch=1", "--token-file", "/nonexistent/token"], "cannot read /nonexistent/token", id="token file missing"),
+        pytest.param(
+            ["https://x/api/v1/pods?watch=1", "--token-env", "K8S_WS_NOT_SET"], "K8S_WS_NOT_SET is not set", id="token variable not set"
+        ),
+        pytest.param(
+            ["https://x/api/v1/pods?watch=1", "--token-file", "/nonexistent/token"],
+            "cannot read /nonexistent/token",
+            id="token file missing",
+        ),
         pytest.param(["https://x/k8s/clusters/c-m-1"], "not a Kubernetes API path", id="not an API path"),
         pytest.param(["ftp://x/api/v1/pods"], "must start with", id="bad URL"),
         pytest.param(["https://x/api/v1/pods?watch=1", "--cacert", "/nonexistent/ca.pem"], "No such file", id="CA file missing"),

@@ -18,8 +18,18 @@ import pytest
 from websockets.asyncio.client import connect
 
 from fake_rancher import HEALTHY, LOCAL
-from helpers import (VECTORS, BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PAGE_ORIGIN, TOKEN,
-                     base64url_entry, secret_forms, standard_entry)
+from helpers import (
+    BEARER_PREFIX,
+    BROWSER_UA,
+    DASH_UNDERSCORE_TOKEN,
+    KUBECONFIG_TOKEN,
+    PAGE_ORIGIN,
+    TOKEN,
+    VECTORS,
+    base64url_entry,
+    secret_forms,
+    standard_entry,
+)
 from mitmdump_harness import ROOT, Mitmdump, Mitmweb
 from ws_client import open_async, open_ws
 
@@ -138,7 +148,9 @@ def assert_exec_worked(outcome, record, rancher):
     assert record.status == 101
     assert record.header_lines("Authorization") == [f"Bearer {TOKEN}"]
     assert BEARER_PREFIX not in (record.header("Sec-WebSocket-Protocol") or "")
-    assert record.header("Sec-WebSocket-Protocol") == "base64.binary.k8s.io, v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io"
+    assert record.header("Sec-WebSocket-Protocol") == (
+        "base64.binary.k8s.io, v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io"
+    )
     # Rancher's origin check passed: a browser User-Agent, and the Origin names the Host (facts §4)
     assert "Mozilla" in record.header("User-Agent")
     assert record.header_lines("Origin") == [f"https://{rancher.host}"] and record.header("Host") == rancher.host
@@ -229,7 +241,8 @@ def test_origin_keep_meets_rancher_origin_check(fields, rancher):
 )
 def test_authorization_field(fields, rancher, namespace, sent_authorization):
     headers = [("Authorization", f"Bearer {KUBECONFIG_TOKEN}")]
-    outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace=namespace)}", ["v4.channel.k8s.io", standard_entry(TOKEN)], headers=headers)
+    url = f"ws://127.0.0.1:{fields.port}{exec_path(namespace=namespace)}"
+    outcome = open_ws(url, ["v4.channel.k8s.io", standard_entry(TOKEN)], headers=headers)
     assert outcome.status == 101
     record = latest(rancher, namespace)
     assert record.header_lines("Authorization") == [sent_authorization]
@@ -249,7 +262,9 @@ def test_stored_token_never_follows_a_redirect_by_another_addon(tmp_path, ranche
     # --map-remote reroutes requests at the `request` hook, after the rule matched 127.0.0.1.
     # The new destination is the same server under another name, so a leak would be recorded.
     rules = tmp_path / "rules.yaml"
-    rules.write_text("rules:\n  - name: stored\n    hosts: ['127.0.0.1']\n    paths: ['/k8s/clusters/*']\n    token: {env: K8S_WS_E2E_TOKEN}\n")
+    rules.write_text(
+        "rules:\n  - name: stored\n    hosts: ['127.0.0.1']\n    paths: ['/k8s/clusters/*']\n    token: {env: K8S_WS_E2E_TOKEN}\n"
+    )
     proxy = Mitmdump(
         tmp_path, mode=f"reverse:{rancher.url}", rules=rules, upstream_ca=pki.ca_cert, env={"K8S_WS_E2E_TOKEN": TOKEN},
         args=("--map-remote", f"|//127.0.0.1:{rancher.port}/|//localhost:{rancher.port}/"),
@@ -311,7 +326,11 @@ def test_unmatched_upgrade_passes_byte_for_byte(fields, rancher):
     assert [h for h in record.headers if h[0].lower() != "host"] == [(k, v) for k, v in sent]
 
 def test_plain_requests_pass_byte_for_byte(reverse, rancher):
-    sent = [("Accept", "application/json"), ("Authorization", f"Bearer {TOKEN}"), ("User-Agent", "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07")]
+    sent = [
+        ("Accept", "application/json"),
+        ("Authorization", f"Bearer {TOKEN}"),
+        ("User-Agent", "kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07"),
+    ]
     path = f"/k8s/clusters/{HEALTHY}/api/v1/namespaces/plain-ns/pods/p"
     head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in sent)
     answer = raw_exchange(reverse.port, head.encode() + b"Connection: close\r\n\r\n")
@@ -343,7 +362,9 @@ def test_refusals_never_reach_the_server(reverse, rancher, namespace, protocols,
 def test_unreadable_token_source_answers_500(fields, rancher):
     outcome = open_ws(f"ws://127.0.0.1:{fields.port}{exec_path(namespace='token-unreadable')}", ["v4.channel.k8s.io"])
     assert outcome.status == 500
-    assert outcome.body.decode().startswith("k8s_ws: rule 'token-unreadable': the token source (file /nonexistent/k8s-ws-token) cannot be read")
+    assert outcome.body.decode().startswith(
+        "k8s_ws: rule 'token-unreadable': the token source (file /nonexistent/k8s-ws-token) cannot be read"
+    )
     assert nothing_recorded(rancher, "token-unreadable")
 
 # --- no token in anything mitmdump shows or saves -------------------------------------------------
@@ -356,7 +377,9 @@ def test_no_token_in_output_at_flow_detail_4_nor_in_a_flow_file(tmp_path, ranche
     rules = tmp_path / "rules.yaml"
     stored = f"  - name: stored\n    hosts: ['127.0.0.1']\n    paths: ['*/leak-stored/*']\n    token: {{file: '{token_file}'}}\n"
     rules.write_text((ROOT / "rules.yaml").read_text().replace("rules:\n", "rules:\n" + stored, 1))
-    proxy = Mitmdump(tmp_path, mode=f"reverse:{rancher.url}", rules=rules, upstream_ca=pki.ca_cert, options={"flow_detail": 4}, args=("-w", str(flows)))
+    proxy = Mitmdump(
+        tmp_path, mode=f"reverse:{rancher.url}", rules=rules, upstream_ca=pki.ca_cert, options={"flow_detail": 4}, args=("-w", str(flows))
+    )
     with proxy:
         base = f"ws://127.0.0.1:{proxy.port}"
         assert open_ws(base + exec_path(namespace="leak-stored"), ["v4.channel.k8s.io"], user_agent="curl/8").status == 101
@@ -365,7 +388,10 @@ def test_no_token_in_output_at_flow_detail_4_nor_in_a_flow_file(tmp_path, ranche
         # an upgrade no rule handles, and kubectl's plain request with Authorization
         other = open_ws(base + "/k8s/clusters/x/v1/leak-other", ["a", standard_entry(KUBECONFIG_TOKEN)], user_agent="curl/8")
         assert other.status == 401
-        head = f"GET /k8s/clusters/{HEALTHY}/api/v1/namespaces/leak-plain/pods/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KUBECONFIG_TOKEN}\r\nCookie: R_SESS={TOKEN}\r\nConnection: close\r\n\r\n"
+        head = (
+            f"GET /k8s/clusters/{HEALTHY}/api/v1/namespaces/leak-plain/pods/p HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {KUBECONFIG_TOKEN}\r\nCookie: R_SESS={TOKEN}\r\nConnection: close\r\n\r\n"
+        )
         assert raw_exchange(proxy.port, head.encode()).startswith(b"HTTP/1.1 200")
         proxy.wait_for_output("leak-plain")
     output, saved = proxy.output(), flows.read_bytes()

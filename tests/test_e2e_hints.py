@@ -178,7 +178,9 @@ def test_origin_not_allowed_names_the_rule_field(proxy, rancher):
 
 
 def test_origin_not_allowed_without_a_rule(proxy, rancher):
-    start = handshake(proxy, f"wss://{rancher.host}/k8s/proxy/{HEALTHY}/api/v1/namespaces/default/pods/p/exec?stdout=1", HEADLAMP_EXEC_PROTOCOLS)
+    start = handshake(
+        proxy, f"wss://{rancher.host}/k8s/proxy/{HEALTHY}/api/v1/namespaces/default/pods/p/exec?stdout=1", HEADLAMP_EXEC_PROTOCOLS
+    )
     line = hint_line(proxy, start, "no rule", "403")
     assert f"add one for {rancher.host} with origin: match-host" in line
 

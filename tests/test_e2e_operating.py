@@ -11,8 +11,8 @@ import html
 import json
 import re
 import shutil
-import subprocess
 import ssl
+import subprocess
 import time
 import urllib.request
 from datetime import datetime

@@ -81,8 +81,15 @@ def forwarded(lines, name):
 @pytest.mark.parametrize(
     "url, target, host_header",
     [
-        pytest.param("wss://rancher.test/k8s/x?watch=1", Target("https", "rancher.test", 443, "/k8s/x", "watch=1"), "rancher.test", id="wss with a query"),
-        pytest.param("https://rancher.test:443/a", Target("https", "rancher.test", 443, "/a", ""), "rancher.test", id="https, default port given"),
+        pytest.param(
+            "wss://rancher.test/k8s/x?watch=1",
+            Target("https", "rancher.test", 443, "/k8s/x", "watch=1"),
+            "rancher.test",
+            id="wss with a query",
+        ),
+        pytest.param(
+            "https://rancher.test:443/a", Target("https", "rancher.test", 443, "/a", ""), "rancher.test", id="https, default port given"
+        ),
         pytest.param("ws://kube.test:8080/a", Target("http", "kube.test", 8080, "/a", ""), "kube.test:8080", id="ws, another port"),
         pytest.param("HTTP://Kube.test", Target("http", "kube.test", 80, "/", ""), "kube.test", id="upper case, no path"),
         pytest.param("wss://[::1]:6443/api", Target("https", "::1", 6443, "/api", ""), "[::1]:6443", id="IPv6"),
@@ -151,7 +158,9 @@ def test_stored_token_is_injected_and_shown_by_fingerprint(capsys, rules_file):
 
 
 def test_client_authorization_is_redacted_when_kept(capsys, rules_file):
-    lines = explain_lines(capsys, rules_file, f"wss://rancher.test{EXEC}", [f"Authorization: Bearer {TOKEN}", "Sec-WebSocket-Protocol: v5.channel.k8s.io"])
+    lines = explain_lines(
+        capsys, rules_file, f"wss://rancher.test{EXEC}", [f"Authorization: Bearer {TOKEN}", "Sec-WebSocket-Protocol: v5.channel.k8s.io"]
+    )
     assert forwarded(lines, "Authorization") == [f"Bearer {REDACTED}"]
 
 

@@ -19,8 +19,21 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from fake_rancher import DEAD, HEALTHY, LOCAL, ORIGIN_DENIED, PENDING, FakeServer
-from helpers import (VECTORS, BEARER_PREFIX, BROWSER_UA, DASH_UNDERSCORE_TOKEN, KUBECONFIG_TOKEN, PLUS_TOKEN, SCOPED_TOKEN, TOKEN,
-                     TOKENS, b64std, b64url, base64url_entry, standard_entry)
+from helpers import (
+    BEARER_PREFIX,
+    BROWSER_UA,
+    DASH_UNDERSCORE_TOKEN,
+    KUBECONFIG_TOKEN,
+    PLUS_TOKEN,
+    SCOPED_TOKEN,
+    TOKEN,
+    TOKENS,
+    VECTORS,
+    b64std,
+    b64url,
+    base64url_entry,
+    standard_entry,
+)
 
 pytestmark = pytest.mark.e2e  # a real server on a socket, and real clients
 
@@ -148,10 +161,10 @@ ORIGIN_CASES = [
     pytest.param([BROWSER_UA], ["https://{host}", "https://evil.example"], None, 403, id="browser, second origin line other"),  # every line
     pytest.param([BROWSER_UA], ["https://{host}", "http://{host}"], None, 101, id="browser, two origin lines naming the host"),
     pytest.param([BROWSER_UA], ["null"], None, 403, id="browser, origin null"),
-    pytest.param([BROWSER_UA], ["https://127.0.0.1:443"], "127.0.0.1", 403, id="browser, origin with port 443, host without"),  # h:443 is not h
+    pytest.param([BROWSER_UA], ["https://127.0.0.1:443"], "127.0.0.1", 403, id="browser, origin with port 443, host without"),
     pytest.param([BROWSER_UA], ["https://127.0.0.1"], "127.0.0.1:443", 403, id="browser, origin without port, host with 443"),
     pytest.param([BROWSER_UA], ["https://127.0.0.1"], "127.0.0.1", 101, id="browser, origin and host without port"),
-    pytest.param(["curl/8", "x MOZILLA y"], ["https://evil.example"], None, 403, id="mozilla on a second UA line, any case"),  # any line, any case
+    pytest.param(["curl/8", "x MOZILLA y"], ["https://evil.example"], None, 403, id="mozilla on a second UA line, any case"),
     pytest.param([KUBECTL_UA], ["https://evil.example"], None, 101, id="kubectl, other origin"),  # not a browser
     pytest.param([], ["https://evil.example"], None, 101, id="no user agent, other origin"),
 ]

@@ -3,8 +3,8 @@
 import pytest
 
 import kubews as core
-from kubews._headers import is_folded, unfold
 from helpers import UPGRADES
+from kubews._headers import is_folded, unfold
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ Answers are written as the facts describe them (status, headers, body), not take
 """
 
 import json
-from dataclasses import replace
 import logging
+from dataclasses import replace
 
 import pytest
 from mitmproxy import http
@@ -30,7 +30,9 @@ ORIGIN_BODY = b'{"Code":{"Code":"PermissionDenied","Status":403},"Message":"orig
 
 
 def status_body(code, reason, message):
-    return json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}).encode()
+    return json.dumps(
+        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}
+    ).encode()
 
 
 def sent(*headers, path=EXEC, query="", rule="rancher", offered=None):
@@ -150,7 +152,9 @@ def test_empty_403_on_exec_is_no_supported_protocol():
 
 
 def test_empty_403_on_a_watch_without_origin_says_keep_an_origin():
-    hint = handshake_hint(sent(BEARER, protocols("base64.binary.k8s.io"), path=WATCH, query="watch=1", rule="no-origin"), Answer(403, (), b""))
+    hint = handshake_hint(
+        sent(BEARER, protocols("base64.binary.k8s.io"), path=WATCH, query="watch=1", rule="no-origin"), Answer(403, (), b"")
+    )
     assert "watch" in hint.meaning and "Origin" in hint.meaning
     assert hint.setting == "origin: match-host" and "rule 'no-origin'" in hint.fix
 
@@ -170,7 +174,9 @@ def test_rbac_forbidden():
 
 
 def test_watch_with_token_entry_left_is_400_and_says_auth_header():
-    request = sent(BEARER, ("Origin", "https://rancher.test"), protocols("base64.binary.k8s.io", ENTRY), path=WATCH, query="watch=1", rule="both")
+    request = sent(
+        BEARER, ("Origin", "https://rancher.test"), protocols("base64.binary.k8s.io", ENTRY), path=WATCH, query="watch=1", rule="both"
+    )
     hint = handshake_hint(request, Answer(400, (), b""))
     hint_text(hint)
     assert "exactly one protocol" in hint.meaning and "<bearer entry>" in hint.meaning
@@ -294,7 +300,9 @@ def test_error_body_fields_are_quoted_only_when_they_are_bare_words(fields, quot
         ),
         pytest.param(sent(BEARER, protocols("a.k8s.io", "b.k8s.io")), Answer(400, (), b""), id="400 with two protocols, not a watch"),
         pytest.param(
-            sent(BEARER, protocols("base64.binary.k8s.io"), path=WATCH, query="watch=1"), Answer(400, (), b""), id="400 on a watch with one protocol"
+            sent(BEARER, protocols("base64.binary.k8s.io"), path=WATCH, query="watch=1"),
+            Answer(400, (), b""),
+            id="400 on a watch with one protocol",
         ),
         pytest.param(
             sent(BEARER, protocols("a.k8s.io", "b.k8s.io"), path=WATCH, query="watch=0"), Answer(400, (), b""), id="400 with watch=0"

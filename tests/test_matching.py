@@ -5,8 +5,7 @@ import pytest
 
 import kubews as core
 from helpers import UPGRADES, handshake
-from kubews import _rules
-from kubews import Destination, Handshake, Rule, RuleSet, TokenSource
+from kubews import Destination, Handshake, Rule, RuleSet, TokenSource, _rules
 
 
 @pytest.mark.parametrize(

@@ -32,21 +32,37 @@ BASIC = "dXNlcjpwYXNz"  # user:pass
             f"{BEARER_PREFIX}{redacted(ODD)}, v4.channel.k8s.io",
             id="base64url entry first",
         ),
-        pytest.param("Sec-WebSocket-Protocol", f"{BEARER_PREFIX}*bad*", f"{BEARER_PREFIX}{redacted('*bad*')}", id="entry that does not decode"),
+        pytest.param(
+            "Sec-WebSocket-Protocol", f"{BEARER_PREFIX}*bad*", f"{BEARER_PREFIX}{redacted('*bad*')}", id="entry that does not decode"
+        ),
         pytest.param("Sec-WebSocket-Protocol", f"a, {BEARER_PREFIX}", f"a, {BEARER_PREFIX}", id="empty entry"),
         pytest.param("Sec-WebSocket-Protocol", "a, b", "a, b", id="no entry"),
         pytest.param(
-            "Sec-WebSocket-Protocol", f"a,\r\n {standard_entry(TOKEN)}", f"a,\r\n {BEARER_PREFIX}{redacted(TOKEN)}", id="entry on a folded line"
+            "Sec-WebSocket-Protocol",
+            f"a,\r\n {standard_entry(TOKEN)}",
+            f"a,\r\n {BEARER_PREFIX}{redacted(TOKEN)}",
+            id="entry on a folded line",
         ),
         pytest.param(
             "Sec-WebSocket-Protocol", f"a,\xa0{standard_entry(TOKEN)}", f"a,\xa0{BEARER_PREFIX}{redacted(TOKEN)}", id="entry after NBSP"
         ),
         pytest.param(
-            "Sec-WebSocket-Protocol", f"a,\x0b{standard_entry(TOKEN)}\x0c", f"a,\x0b{BEARER_PREFIX}{redacted(TOKEN)}\x0c", id="entry between VT and FF"
+            "Sec-WebSocket-Protocol",
+            f"a,\x0b{standard_entry(TOKEN)}\x0c",
+            f"a,\x0b{BEARER_PREFIX}{redacted(TOKEN)}\x0c",
+            id="entry between VT and FF",
         ),
-        pytest.param("Sec-WebSocket-Protocol", f"a, {BEARER_PREFIX}AAA\xe9", f"a, {BEARER_PREFIX}" + redacted("AAA\xe9"), id="entry with a non-ASCII character"),
         pytest.param(
-            "Sec-WebSocket-Protocol", f"a, {BEARER_PREFIX}AAA\udcff", f"a, {BEARER_PREFIX}" + redacted("AAA\udcff"), id="entry with a byte that is not UTF-8"
+            "Sec-WebSocket-Protocol",
+            f"a, {BEARER_PREFIX}AAA\xe9",
+            f"a, {BEARER_PREFIX}" + redacted("AAA\xe9"),
+            id="entry with a non-ASCII character",
+        ),
+        pytest.param(
+            "Sec-WebSocket-Protocol",
+            f"a, {BEARER_PREFIX}AAA\udcff",
+            f"a, {BEARER_PREFIX}" + redacted("AAA\udcff"),
+            id="entry with a byte that is not UTF-8",
         ),
         pytest.param("User-Agent", f"Mozilla {TOKEN}", f"Mozilla {TOKEN}", id="other header"),
         pytest.param("Cookie", f"R_SESS={TOKEN}", f"R_SESS={redacted(TOKEN)}", id="R_SESS alone"),

@@ -63,8 +63,15 @@ RULE = "rules:\n  - name: a\n    hosts: [x]\n"  # a valid rule to add one line t
         pytest.param("rules:\n  - name: a\n    hosts: []\n", "3:12", ["hosts"], id="hosts empty"),
         pytest.param("rules:\n  - name: a\n    hosts: ['ho st']\n", "3:13", ["hosts", "'ho st'"], id="host glob with a space"),
         pytest.param("rules:\n  - name: a\n    hosts: ['h[a']\n", "3:13", ["hosts", "'h[a'"], id="host glob with an unclosed ["),
-        pytest.param("rules:\n  - name: a\n    hosts: ['rancher[.test']\n", "3:13", ["hosts", "'rancher[.test'"], id="host glob rancher[.test"),
-        pytest.param("rules:\n  - name: a\n    hosts: [x, 'ran[ch[e]r.test']\n", "3:16", ["hosts", "'ran[ch[e]r.test'"], id="host glob with a nested ["),
+        pytest.param(
+            "rules:\n  - name: a\n    hosts: ['rancher[.test']\n", "3:13", ["hosts", "'rancher[.test'"], id="host glob rancher[.test"
+        ),
+        pytest.param(
+            "rules:\n  - name: a\n    hosts: [x, 'ran[ch[e]r.test']\n",
+            "3:16",
+            ["hosts", "'ran[ch[e]r.test'"],
+            id="host glob with a nested [",
+        ),
         pytest.param("rules:\n  - name: a\n    hosts: ['h:port']\n", "3:13", ["hosts", "'h:port'"], id="host glob with a named port"),
         pytest.param("rules:\n  - name: a\n    hosts: ['h/x']\n", "3:13", ["hosts", "'h/x'"], id="host glob with a slash"),
         pytest.param(RULE + "    paths: [api/*]\n", "4:13", ["paths", "'api/*'"], id="path glob without /"),
@@ -116,7 +123,7 @@ def test_errors_name_file_line_column_and_key(text, where, names):
     ],
 )
 def test_one_line_user_agents_load(user_agent):
-    (rule,) = parse_rules("rules:\n  - {name: a, hosts: ['*'], user_agent: %s}\n" % json.dumps(user_agent))
+    (rule,) = parse_rules(f"rules:\n  - {{name: a, hosts: ['*'], user_agent: {json.dumps(user_agent)}}}\n")
     assert rule.user_agent == user_agent
 
 
@@ -169,9 +176,9 @@ rules:
   - {{name: env, hosts: [a], token: {{env: K8S_WS_T}}}}
   - {{name: file, hosts: [a], token: {{file: "{token_file}"}}}}
   - {{name: unset, hosts: [a], token: {{env: K8S_WS_UNSET}}}}
-  - {{name: missing, hosts: [a], token: {{file: "{tmp_path / 'missing'}"}}}}
-  - {{name: empty, hosts: [a], token: {{file: "{tmp_path / 'empty'}"}}}}
-  - {{name: control, hosts: [a], token: {{file: "{tmp_path / 'control'}"}}}}
+  - {{name: missing, hosts: [a], token: {{file: "{tmp_path / "missing"}"}}}}
+  - {{name: empty, hosts: [a], token: {{file: "{tmp_path / "empty"}"}}}}
+  - {{name: control, hosts: [a], token: {{file: "{tmp_path / "control"}"}}}}
   - {{name: none, hosts: [a]}}
 """
     )
@@ -182,9 +189,7 @@ rules:
     assert "empty" in str(ruleset.tokens["empty"])
     assert "none" not in ruleset.tokens
     assert isinstance(ruleset.tokens["control"], TokenError) and "to\x7fken" not in str(ruleset.tokens["control"])
-    assert ruleset.watched_files() == (
-        str(rules), *(str(tmp_path / name) for name in ("token", "missing", "empty", "control"))
-    )
+    assert ruleset.watched_files() == (str(rules), *(str(tmp_path / name) for name in ("token", "missing", "empty", "control")))
 
 
 def test_missing_rules_file(tmp_path):
@@ -206,7 +211,13 @@ def test_default_rules_are_the_projects():
 )
 def test_check_command(args, status, stdout, stderr, tmp_path):
     # From another directory: the default is found from the code's location, not the cwd.
-    run = subprocess.run([sys.executable, "-m", "kubews.cli", "check", *args], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "addon")})
+    run = subprocess.run(
+        [sys.executable, "-m", "kubews.cli", "check", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "addon")},
+    )
     assert (run.returncode, run.stdout, run.stderr) == (status, stdout, stderr)
 
 

@@ -11,7 +11,7 @@ pure functions over plain values, with no mitmproxy import and no I/O. Around it
 Facts cited as "facts §N" are from docs/protocol.md.
 """
 
-from ._decision import Forward, Refuse, RefusalCode, decide, refusal_body, withheld_token
+from ._decision import Forward, RefusalCode, Refuse, decide, refusal_body, withheld_token
 from ._handshake import Destination, Handshake
 from ._headers import (
     PROTOCOL_HEADER,

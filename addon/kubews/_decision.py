@@ -92,9 +92,7 @@ def decide(ruleset: RuleSet, request: Handshake) -> Forward | Refuse | None:
     edits = _Edits()
     try:
         offer = _read_offer(index.get(PROTOCOL_HEADER.lower(), []))
-        used, injected = _place_credentials(
-            rule, ruleset.stored_token(rule), offer, index.get("authorization", []), edits
-        )
+        used, injected = _place_credentials(rule, ruleset.stored_token(rule), offer, index.get("authorization", []), edits)
     except _Refusal as refusal:
         return Refuse(rule, refusal.status, refusal.reason, refusal.code)
     _adjust_user_agent(rule, index.get("user-agent", []), edits)
@@ -119,7 +117,9 @@ def _read_offer(protocol_values: list[str]) -> _Offer:
         try:
             token = decode_token(bearer_payload(entry))
         except TokenError as e:
-            raise _Refusal(400, RefusalCode.UNDECODABLE_ENTRY, f"bearer entry {position} in {PROTOCOL_HEADER} does not decode: {e}") from None
+            raise _Refusal(
+                400, RefusalCode.UNDECODABLE_ENTRY, f"bearer entry {position} in {PROTOCOL_HEADER} does not decode: {e}"
+            ) from None
         if token:  # an entry with an empty token counts as no token (facts §1)
             offered.append(token)
     if len(offered) > 1:
@@ -136,8 +136,7 @@ def _place_credentials(
         raise _Refusal(
             400,
             RefusalCode.NO_OTHER_PROTOCOL,
-            f"no other protocol left in {PROTOCOL_HEADER} once the bearer entry is removed "
-            "(the server must have one to answer with)",
+            f"no other protocol left in {PROTOCOL_HEADER} once the bearer entry is removed (the server must have one to answer with)",
         )
     injected = _token_to_inject(rule, stored, offer, client_authorization)
     # The client's own Authorization stays when the rule keeps it; otherwise the offered token wins.
@@ -158,9 +157,7 @@ def _token_to_inject(rule: Rule, stored: StoredToken | None, offer: _Offer, clie
     return stored
 
 
-def _place_in_subprotocol(
-    offer: _Offer, injected: str | None, client_authorization: list[str], client_keeps: bool, edits: _Edits
-) -> None:
+def _place_in_subprotocol(offer: _Offer, injected: str | None, client_authorization: list[str], client_keeps: bool, edits: _Edits) -> None:
     if injected is not None:
         edits.changes[PROTOCOL_HEADER] = [", ".join([*offer.others, encode_token(injected)])]
         edits.actions.append("token injected as bearer entry")

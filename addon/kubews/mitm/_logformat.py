@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .. import printable
 
@@ -27,7 +27,7 @@ FIELDS = "k8s_ws"
 def json_line(record: logging.LogRecord) -> str:
     fields = {
         "level": record.levelname.lower(),
-        "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
         "message": record.getMessage(),
         **getattr(record, FIELDS, {}),
     }

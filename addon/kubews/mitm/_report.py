@@ -21,8 +21,8 @@ from .. import (
     split_target,
 )
 from ..rulesfile import RulesError
-from ._flows import request_path, str_headers
 from . import _record
+from ._flows import request_path, str_headers
 from ._record import Handled, Stage
 
 logger = logging.getLogger("k8s_ws")

@@ -9,8 +9,8 @@ which a poll of the file's stat sees like any other edit.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 import os
+from collections.abc import Callable
 
 from .. import RuleSet
 from ..rulesfile import RulesError, load_rules
