@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from packaging.requirements import Requirement
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+import netns
 from fake_rancher import HEALTHY
 from helpers import BROWSER_UA, PAGE_ORIGIN, TOKEN, VECTORS, secret_forms, standard_entry
 from mitmdump_harness import ROOT, Mitmdump
@@ -41,7 +43,7 @@ from mitmdump_harness import ROOT, Mitmdump
 DEPLOY = ROOT / "deploy"
 CONTAINERFILE = DEPLOY / "Containerfile"
 UNIT = DEPLOY / "systemd" / "k8s-ws.service"
-KUSTOMIZATIONS = [pytest.param("base", id="base"), pytest.param("headlamp", id="headlamp")]
+KUSTOMIZATIONS = [pytest.param(name, id=name) for name in ("base", "headlamp", "sidecar")]
 #: The oldest Kubernetes still supported upstream when this was written, and the newest schema known.
 KUBERNETES_VERSIONS = ["1.31", kubernetes_validate.latest_version()]
 
@@ -114,16 +116,26 @@ def test_containerfile_pins_a_mitmproxy_the_project_admits():
 
 # --- the kustomize bases ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=KUSTOMIZATIONS)
-def rendered(request):
+@functools.cache
+def render(name: str) -> tuple[Path, list[dict]]:
     """(directory, its objects as `kubectl kustomize` renders them)."""
     kubectl = shutil.which("kubectl")
     if not kubectl:
         pytest.skip("needs kubectl (its built-in kustomize renders the bases)")
-    directory = DEPLOY / "kubernetes" / request.param
+    directory = DEPLOY / "kubernetes" / name
     result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return directory, [o for o in yaml.safe_load_all(result.stdout) if o]
+
+
+@pytest.fixture(params=KUSTOMIZATIONS)
+def rendered(request):
+    return render(request.param)
+
+
+@pytest.fixture
+def sidecar():
+    return render("sidecar")
 
 
 def objects(rendered, kind):
@@ -157,7 +169,7 @@ def mount_of(container, pod, path) -> tuple[dict, dict]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_object_is_valid_kubernetes(rendered, version):
     kinds = [o["kind"] for o in rendered[1]]
-    assert "Deployment" in kinds and "ConfigMap" in kinds and "Service" in kinds
+    assert "Deployment" in kinds and "ConfigMap" in kinds
     for obj in rendered[1]:
         # Raises on a schema violation (strict: unknown fields too) and on a kind with no schema.
         kubernetes_validate.validate(obj, version, strict=True)
@@ -169,7 +181,6 @@ def test_selectors_and_ports_meet(rendered):
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     selectors = [s["spec"]["selector"] for s in objects(rendered, "Service")]
     selectors += [p["spec"]["selector"]["matchLabels"] for p in objects(rendered, "PodDisruptionBudget")]
-    assert selectors
     for selector in selectors:
         assert selector.items() <= labels.items(), selector
     ports = {p["name"]: p["containerPort"] for c in pod_spec(rendered)["containers"] for p in c.get("ports", [])}
@@ -182,7 +193,8 @@ def test_k8s_ws_listens_where_its_port_and_probes_say(rendered):
     container = k8s_ws_container(rendered)
     args = container["args"]
     port = int(args[args.index("--listen-port") + 1])
-    assert args[args.index("--mode") + 1].startswith("reverse:https://")
+    mode = args[args.index("--mode") + 1]
+    assert mode.startswith("reverse:https://") or mode == "transparent", mode
     for declared in container.get("ports", []):
         assert declared["containerPort"] == port
     for probe in ("startupProbe", "livenessProbe"):
@@ -218,21 +230,68 @@ def test_the_cas_come_from_secrets(rendered):
 
 
 def test_pod_security_is_restricted(rendered):
+    """Pod security "restricted" for every container; an init container may only be the redirect,
+    which needs root and NET_ADMIN for its one step, and nothing else."""
     pod = pod_spec(rendered)
     assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
     assert all("hostPath" not in v for v in pod["volumes"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    for container in pod["containers"]:
+    for container in pod["containers"] + pod.get("initContainers", []):
         context = container["securityContext"]
         assert context["allowPrivilegeEscalation"] is False, container["name"]
-        assert context["capabilities"] == {"drop": ["ALL"]}, container["name"]
-        assert context.get("runAsUser", pod["securityContext"].get("runAsUser")) not in (None, 0), container["name"]
-        assert "privileged" not in context
+        assert context["capabilities"]["drop"] == ["ALL"], container["name"]
+        assert "privileged" not in context, container["name"]
         assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], container["name"]
-        assert "livenessProbe" in container, container["name"]
-    assert k8s_ws_container(rendered)["securityContext"]["readOnlyRootFilesystem"] is True
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert "add" not in context["capabilities"], container["name"]
+        assert context.get("runAsUser", pod["securityContext"].get("runAsUser")) not in (None, 0), container["name"]
+    for container in pod.get("initContainers", []):
+        assert container["command"][0] == "k8s-ws-redirect", container["name"]
+        assert container["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    k8s_ws = k8s_ws_container(rendered)
+    assert k8s_ws["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "livenessProbe" in k8s_ws and "startupProbe" in k8s_ws
+
+
+def redirect_container(rendered) -> dict:
+    [container] = [c for c in pod_spec(rendered)["initContainers"] if c["command"][0] == "k8s-ws-redirect"]
+    return container
+
+
+def test_the_sidecar_redirect_spares_mitmdump_and_lands_on_its_port(sidecar):
+    redirect = redirect_container(sidecar)
+    env = {e["name"]: e["value"] for e in redirect["env"]}
+    container = k8s_ws_container(sidecar)
+    args = container["args"]
+    assert redirect["command"] == ["k8s-ws-redirect", "up", "same-host"]
+    assert args[args.index("--mode") + 1] == "transparent"
+    assert env["K8S_WS_UID"] == str(container["securityContext"]["runAsUser"])  # else mitmdump loops into itself
+    assert env["K8S_WS_PORT"] == args[args.index("--listen-port") + 1]
+    assert args[args.index("--listen-host") + 1] == "127.0.0.1"  # where an OUTPUT redirect lands
+    assert "COPY deploy/transparent/redirect /usr/local/bin/k8s-ws-redirect" in CONTAINERFILE.read_text()
+
+
+@pytest.mark.e2e
+def test_the_sidecar_redirect_installs_as_configured(sidecar):
+    """The init container's command and environment, run by the script in a namespace."""
+    redirect = redirect_container(sidecar)
+    reason = netns.skip_reason() or netns.missing_tool("nft", package="nftables")
+    if reason:
+        pytest.skip(reason)
+    lab = netns.Lab("kws-deploy")
+    try:
+        pod = lab.host("pod")
+        env = {e["name"]: e["value"] for e in redirect["env"]}
+        up = lab.exec(pod, netns.REDIRECT, *redirect["command"][1:], env=env)
+        assert up.stdout.startswith("redirect: same-host up with nft"), up.stdout
+        rules = lab.exec(pod, "nft", "list", "table", "inet", "k8s_ws_same_host").stdout
+        assert f"meta skuid != {env['K8S_WS_UID']}" in rules and f"redirect to :{env['K8S_WS_PORT']}" in rules
+    finally:
+        lab.close()
 
 
 def test_the_shipped_rules_pass_k8s_ws_check(rendered, tmp_path):
