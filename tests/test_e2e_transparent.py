@@ -355,3 +355,8 @@ class TestTokenDestination:
         lines = [line for line in output.splitlines() if "k8s_ws:" in line]
         assert any("rule 'rancher'" in line for line in lines), output
 
+        # WITHHELD-TOKEN (interface §4, last sentences of `token:`): the addon says that the token
+        # was withheld, and the 401's hint says why instead of "give the rule a token".
+        assert any("withheld" in line and "'by-name'" in line for line in lines), output  # WITHHELD-TOKEN
+        [warning] = [line for line in lines if "upstream 401:" in line]  # WITHHELD-TOKEN
+        assert "give the rule a token" not in warning and "withheld" in warning, warning  # WITHHELD-TOKEN
