@@ -15,7 +15,9 @@ from ._tokens import BEARER_PREFIX, TokenError, bearer_payload, decode_token, fi
 _REDACTED = re.compile(r"<redacted sha256:[0-9a-f]{8}>")
 
 #: Rancher's session cookie: a cookie-pair named R_SESS, after the start or a ';' and spaces.
-_SESSION_COOKIE = re.compile(r"(?<![^;\s])(R_SESS=)([^;]*)")
+#: Spaces around the name are allowed: Go's net/http trims them (textproto.TrimString), so Rancher
+#: reads "R_SESS =x" as its session cookie.
+_SESSION_COOKIE = re.compile(r"(?<![^;\s])(R_SESS[ \t]*=)([^;]*)")
 
 
 def _redacted(secret: str) -> str:
@@ -69,7 +71,10 @@ _CREDENTIAL_LINE = re.compile(rf"(?i)((?:proxy-)?authorization(?:[ \t]*:[ \t]*|[
 # An entry ends where the upstream's element ends: at a comma or at the end of its line.
 _ALREADY_REDACTED = _REDACTED.pattern
 _ENTRY_IN_TEXT = re.compile(rf"({re.escape(BEARER_PREFIX)})({_ALREADY_REDACTED}|(?:(?!,){_NOT_A_BREAK}|{_CONTINUED})*)")
-_COOKIE_IN_TEXT = re.compile(rf"(?<![^;\s'\"])(R_SESS=)({_ALREADY_REDACTED}|(?:[^;\s\\]|\\(?!r\\n|n).)*)")
+# After the start, ';', a space, a quote, the header's ':' or an escaped tab; spaces before '='.
+_COOKIE_IN_TEXT = re.compile(
+    rf"(?:(?<![^;\s'\":])|(?<=\\t))(R_SESS(?:[ \t]|\\t)*=(?:[ \t]|\\t)*)({_ALREADY_REDACTED}|(?:[^;\s\\]|\\(?!r\\n|n).)*)"
+)
 
 
 def redact_text(text: str) -> str:
