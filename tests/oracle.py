@@ -62,6 +62,27 @@ def go_protocols(values: list[str]) -> list[str]:
     return [element for element in go_elements(values) if element]
 
 
+PROTOCOL_HEADER_NAME = "Sec-WebSocket-Protocol"
+
+
+def parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """A request head as a server receives it (CRLF line ends): its request line, and its header
+    lines as (name, value), a continuation line kept in its value as CRLF and the line (as
+    mitmproxy keeps it); bytes that are not UTF-8 read as lone surrogates."""
+    lines = head.decode("utf-8", "surrogateescape").split("\r\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, value + "\r\n" + line)
+        else:
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip(" \t")))
+    return (lines[0] if lines else ""), headers
+
+
 def lines_of(headers, name: str) -> list[str]:
     name = name.lower()
     return [value for key, value in headers if key.lower() == name]
