@@ -278,8 +278,8 @@ def head_secrets(text: str) -> Secrets:
         out, position = [], 0
         while (found_at := line.find(BEARER_PREFIX, position)) >= 0:
             start = found_at + len(BEARER_PREFIX)
-            end = line.find(",", start)
-            end = len(line) if end < 0 else end
+            # to a comma or the end of the line; a bare CR ends it too, as some readers take it
+            end = min((i for i in (line.find(",", start), line.find("\r", start)) if i >= 0), default=len(line))
             payload = go_trim_space(line[start:end])
             if payload:
                 strings |= payload_secrets(payload)
