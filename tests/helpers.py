@@ -136,3 +136,39 @@ def handshake(
         scheme=scheme,
         host_header=host,
     )
+
+
+def read_flows(path) -> list:
+    """The flows of a file written with -w (mitmproxy's FlowReader)."""
+    from mitmproxy import io as mitmproxy_io
+
+    with open(path, "rb") as f:
+        return list(mitmproxy_io.FlowReader(f).stream())
+
+
+def flow_strings(flows) -> list[str]:
+    """Every string saved flows hold (their get_state()), bytes read both ways a viewer might:
+    where to look for a token in a -w file."""
+    found: list[str] = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, bytes):
+            found.extend([value.decode("utf-8", "surrogateescape"), value.decode("latin-1")])
+        elif isinstance(value, str):
+            found.append(value)
+
+    for flow in flows:
+        walk(flow.get_state())
+    return found
+
+
+def shown(text: str, secrets) -> list[str]:
+    """The secrets that appear in a text (output, or a flow's strings joined)."""
+    return sorted(s for s in secrets if s in text)

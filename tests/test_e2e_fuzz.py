@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from mitmproxy import io as mitmproxy_io
 
 import oracle
 from fault_servers import RecordingUpstream
-from helpers import BEARER_PREFIX, UPGRADES, b64url
+from helpers import BEARER_PREFIX, UPGRADES, b64url, flow_strings, read_flows, shown
 from mitmdump_harness import Mitmdump
 from oracle import PROTOCOL_HEADER_NAME, go_protocols, go_unfold, is_entry, lines_of, parse_head
 
@@ -116,8 +115,7 @@ class Stack:
         """Stop mitmdump with the addon (it writes its last flows), read what it printed and saved,
         and start a fresh one."""
         self.addon.stop()
-        with open(self.flows_file, "rb") as f:
-            run = Run(self.addon.output(), list(mitmproxy_io.FlowReader(f).stream()))
+        run = Run(self.addon.output(), read_flows(self.flows_file))
         self.addon = self._addon()
         self.addon.start(timeout=60)
         return run
@@ -392,33 +390,6 @@ def _strip_host(head: bytes) -> bytes:
     return re.sub(rb"(?im)^host:[^\r\n]*\r\n", b"", head)
 
 
-def leaks(text: str, secrets: set[str]) -> list[str]:
-    return sorted(s for s in secrets if s in text)
-
-
-def flow_strings(flows) -> list[str]:
-    """Every string a saved flow holds, bytes read both ways a viewer might."""
-    found: list[str] = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(key)
-                walk(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
-        elif isinstance(value, bytes):
-            found.append(value.decode("utf-8", "surrogateescape"))
-            found.append(value.decode("latin-1"))
-        elif isinstance(value, str):
-            found.append(value)
-
-    for flow in flows:
-        walk(flow.get_state())
-    return found
-
-
 @contextlib.contextmanager
 def seed_on_failure(seed: int):
     try:
@@ -448,7 +419,7 @@ def test_fuzzed_requests_through_mitmdump(stack):
         run = stack.restart()
         secrets = secrets_of(requests)
         assert "Traceback" not in run.output and "Addon error" not in run.output, run.output[-3000:]
-        assert not leaks(run.output, secrets), "a token in mitmdump's output"
+        assert not shown(run.output, secrets), "a token in mitmdump's output"
         saved = {}
         for flow in run.flows:
             found = re.search(r"fz\d+", flow.request.path)
@@ -491,7 +462,7 @@ def test_issue_10_a_bearer_entry_on_a_folded_line_is_moved(stack):
     assert lines_of(headers, "Authorization") == [f"Bearer {SECRET}"]
     assert go_protocols(lines_of(headers, PROTOCOL)) == ["v4.channel.k8s.io"]
     stack.addon.wait_for_output("fz90001", start=mark)
-    assert not leaks(stack.addon.output()[mark:], SECRETS)
+    assert not shown(stack.addon.output()[mark:], SECRETS)
 
 
 def test_issue_10_a_non_ascii_byte_in_an_entry_is_a_400_not_a_500(stack):
@@ -529,7 +500,7 @@ def test_issue_10_mitmproxy_s_own_line_about_a_head_shows_no_token(stack, head, 
         if printed == "Invalid header line":
             sock.recv(65536)  # mitmproxy's 400
     output = stack.addon.wait_for_output(printed, start=mark)[mark:]
-    assert not leaks(output, SECRETS), output
+    assert not shown(output, SECRETS), output
 
 
 HINT_NOT_SAVABLE = (
