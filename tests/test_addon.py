@@ -670,3 +670,24 @@ def test_the_users_own_marker_and_comment_stay(addon):
     addon.requestheaders(flow)
     assert flow.marked == ":star:"
     assert flow.comment.startswith("looking at this one\nk8s_ws: rule 'rancher'")
+
+
+def test_a_hint_that_quotes_a_byte_that_is_not_utf8_leaves_the_flow_savable(addon, tmp_path):
+    flow = upgrade()
+    flow.request.headers.fields += ((b"Sec-WebSocket-Protocol", b"v4.channel.k8s.io\xff, " + ENTRY.encode()),)
+    send(addon, flow)
+    answer(addon, flow)  # a 101 that names no protocol: the hint quotes the offered one
+    addon.response(flow)
+    assert "\\xff" in flow.comment and flow.marked
+    loaded = saved_and_loaded(flow, tmp_path)
+    assert loaded.comment == flow.comment
+
+
+def test_a_protocol_echoed_byte_for_byte_was_offered(addon):
+    flow = upgrade()
+    flow.request.headers.fields += ((b"Sec-WebSocket-Protocol", b"v4.channel.k8s.io\xff, " + ENTRY.encode()),)
+    send(addon, flow)
+    flow.response = http.Response.make(101, b"", [(b"Sec-WebSocket-Protocol", b"v4.channel.k8s.io\xff")])
+    addon.responseheaders(flow)
+    addon.response(flow)
+    assert "hint" not in flow.metadata["k8s_ws"] and not flow.marked

@@ -503,15 +503,6 @@ def test_issue_10_mitmproxy_s_own_line_about_a_head_shows_no_token(stack, head, 
     assert not shown(output, SECRETS), output
 
 
-HINT_NOT_SAVABLE = (
-    "a hint that quotes a protocol holding a byte that is not UTF-8 goes into flow.comment as a str with a lone "
-    "surrogate (mitm/_flows.flag), which tnetstring cannot save: 'Addon error' and the flow is lost; and hints.py "
-    "compares the 101's raw protocol with the record's printable `offered`, so a protocol echoed back byte for "
-    "byte is said not to have been offered"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=HINT_NOT_SAVABLE)
 def test_issue_10_a_protocol_byte_that_is_not_utf8_does_not_stop_w(stack):
     head = issue_head("fz90008", b"Sec-WebSocket-Protocol: v4.channel.k8s.io\xff, " + ENTRY.encode()) + b"\r\n"
     assert exchange(stack.addon.port, head).status == 101
@@ -523,7 +514,6 @@ def test_issue_10_a_protocol_byte_that_is_not_utf8_does_not_stop_w(stack):
     assert not [s for s in SECRETS if any(s in text for text in flow_strings(run.flows))]
 
 
-@pytest.mark.xfail(strict=True, reason=HINT_NOT_SAVABLE)
 def test_a_hint_quoting_a_byte_that_is_not_utf8_leaves_the_flow_savable(stack):
     # An upgrade no rule matches, on a Kubernetes API path (so it gets a hint), whose 101 names no
     # protocol: the hint quotes the offered protocol, and goes into the flow's comment.

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from ._headers import PROTOCOL_HEADER, Headers, header_elements, header_values
+from ._headers import PROTOCOL_HEADER, Headers, header_elements, header_values, printable
 from ._tokens import is_bearer_entry
 
 #: How much of an error body the hints look at.
@@ -168,7 +168,8 @@ def transport_hint(message: str, tls_fix: str) -> Hint | None:
 
 def _switched(sent: Sent, answer: Answer) -> Hint | None:
     chosen = next(iter(header_values(answer.headers, PROTOCOL_HEADER)), None)
-    if chosen and chosen not in sent.offered:
+    # Compared as printed: a record read back from a flow holds the offered protocols printable.
+    if chosen and printable(chosen) not in {printable(p) for p in sent.offered}:
         return Hint(
             f"the 101 chose protocol '{shown_protocols([chosen])}', which the client did not offer "
             f"(it offered {shown_protocols(sent.offered)}): a browser fails the connection",

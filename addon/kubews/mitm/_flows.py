@@ -6,7 +6,7 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import RegularMode, ReverseMode, UpstreamMode
 
-from .. import Destination, Handshake, Headers, split_target
+from .. import Destination, Handshake, Headers, printable, split_target
 
 #: Modes in which mitmproxy itself chose the destination from the proxy's own configuration or
 #: from where the client asked it to connect; elsewhere (transparent, WireGuard, local...) the
@@ -69,5 +69,6 @@ def flag(flow: http.HTTPFlow, why: str) -> None:
     console show it. A user's own marker and comment stay; ours is added to the comment."""
     if not flow.marked:
         flow.marked = FAILED_MARKER
+    why = printable(why)  # a hint may quote a header byte that is not UTF-8: -w must still save it
     if why not in flow.comment:
         flow.comment = f"{flow.comment}\n{why}" if flow.comment else why
