@@ -270,7 +270,7 @@ def head_secrets(text: str) -> Secrets:
             secret = rest.strip(" \t") if blank else value
             if secret:
                 strings |= payload_secrets(secret)
-                line = line[: credential.end()] + SEPARATOR
+                line = line[: credential.end()] + (scheme + " " if blank else "") + SEPARATOR  # the scheme is no secret
         if cookie := _COOKIE_LINE.match(line):
             found, value = cookie_secrets(line[cookie.end():])
             strings |= found
