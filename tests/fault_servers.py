@@ -74,20 +74,15 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
 
 
-def _clean(protocol: str) -> bool:
-    return protocol.isascii() and protocol.isprintable()
-
-
 def switching_protocols(head: bytes, *, choose: bool = True) -> bytes:
-    """A 101 for a WebSocket upgrade head. It chooses (unless told not to) a protocol the client
-    offered, bearer entries aside (as kube-apiserver would, facts §1, §2): the first one of
-    printable ASCII, else the first one, byte for byte."""
+    """A 101 for a WebSocket upgrade head. It chooses (unless told not to) the first protocol the
+    client offered, bearer entries aside (as kube-apiserver would, facts §1, §2), byte for byte."""
     headers = parse_head(head)[1]
     key = next((v for n, v in headers if n.lower() == "sec-websocket-key"), "")
     offered = [p for p in go_protocols([v for n, v in headers if n.lower() == PROTOCOL_HEADER_NAME.lower()]) if not is_entry(p)]
     lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Accept: {accept_key(key)}"]
     if offered and choose:
-        lines.append(f"{PROTOCOL_HEADER_NAME}: {next((p for p in offered if _clean(p)), offered[0])}")
+        lines.append(f"{PROTOCOL_HEADER_NAME}: {offered[0]}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 

@@ -305,12 +305,6 @@ class Fuzzer:
             if rng.random() < 0.2:
                 lines.append(b"X-Between: 1")
             lines += self.protocol_lines()
-        others = [p for p in go_protocols(lines_of(parse_head(b"\r\n".join(lines))[1], PROTOCOL)) if not is_entry(p)]
-        if others and not any(p.isascii() and p.isprintable() for p in others):
-            # Keep clear of a known bug: a hint that quotes a byte that is not UTF-8 stops -w
-            # (test_a_hint_quoting_a_byte_that_is_not_utf8_leaves_the_flow_savable). The upstream
-            # chooses a protocol of printable ASCII when there is one, and no hint is due.
-            lines.append(f"{PROTOCOL}: v4.channel.k8s.io".encode())
         request.head = b"\r\n".join(lines) + b"\r\n\r\n"
         request.secrets, request.residues = request_secrets(request.head)
         return request
