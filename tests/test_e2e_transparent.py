@@ -311,7 +311,8 @@ class TestTokenDestination:
     """A client that sends no token, through a gateway whose rules hold one."""
 
     @pytest.fixture(scope="class")
-    def proxy(self, lab, upstream, upstream_pki, tmp_path_factory):
+    @staticmethod  # a class-scoped fixture may not be an instance method (pytest 9 warns, 10 refuses)
+    def proxy(lab, upstream, upstream_pki, tmp_path_factory):
         if missing_tool("nft", package="nftables") and missing_tool("iptables", package="iptables"):
             pytest.skip("needs nft or iptables (apt-get install nftables; .ci/run installs it)")
         workdir = tmp_path_factory.mktemp("token-rules")
