@@ -6,7 +6,8 @@
   log filter (`_logfilter`) out of mitmproxy's own log lines;
 - the pins (`_pinning`) keep a stored token on the destination its rule matched;
 - the relay (`_relay`) relays accepted streams; `_report` writes log lines and hints;
-- `_record` is what the addon keeps on a flow it handled.
+- `_record` is what the addon keeps on a flow it handled;
+- `_tlsbuffers` lets OpenSSL free the buffers of idle TLS connections.
 
 Each flow hook first applies mitmproxy's own guard: a flow that another addon already answered
 (`flow.response`), failed or killed (`flow.error`, `not flow.live`) is left alone. Hiding
@@ -31,6 +32,7 @@ from ._pinning import Pins
 from ._record import Handled, Stage
 from ._relay import Relay
 from ._secrets import RevealBeforeSend, SecretKeeper
+from ._tlsbuffers import ReleaseTlsBuffers
 from ._watcher import RulesWatcher
 
 
@@ -50,6 +52,7 @@ class K8sWs:
         self.pins = Pins()
         self.relay = Relay()
         self._reveal = RevealBeforeSend(self._send)
+        self._tls_buffers = ReleaseTlsBuffers()
         self.log_filter = RedactingFilter()
         self._running = False  # between `running` and `done`: a changed metrics endpoint restarts its server
         self.addons = [Commands(self.rules)]  # mitmproxy registers sub-addons and their commands
@@ -83,8 +86,10 @@ class K8sWs:
                 raise exceptions.OptionsError(str(e)) from e
 
     def running(self) -> None:
-        if self._reveal not in ctx.master.addons.chain:
-            ctx.master.addons.add(self._reveal)
+        # Both run after mitmproxy's own addons: see _secrets.RevealBeforeSend and _tlsbuffers.
+        for companion in (self._reveal, self._tls_buffers):
+            if companion not in ctx.master.addons.chain:
+                ctx.master.addons.add(companion)
         self.rules.start()
         self._running = True
         self._serve_metrics()
@@ -103,8 +108,9 @@ class K8sWs:
         self.metrics.stop()
         self.log_format.reset()
         self.rules.stop()
-        if self._reveal in ctx.master.addons.chain:
-            ctx.master.addons.remove(self._reveal)
+        for companion in (self._reveal, self._tls_buffers):
+            if companion in ctx.master.addons.chain:
+                ctx.master.addons.remove(companion)
         self.secrets.forget_all()
         self.log_filter.uninstall()
 
