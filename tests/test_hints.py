@@ -13,7 +13,7 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
 from helpers import BROWSER_UA, ODD, PAGE_ORIGIN, TOKEN, b64std, base64url_entry, secret_forms, standard_entry, upgrade_flow
-from kubews.hints import Answer, Sent, handshake_hint, offered_protocols, transport_hint
+from kubews.hints import Answer, Sent, handshake_hint, offered_protocols, shown_protocols, transport_hint
 from kubews.mitm import K8sWs
 
 ENTRY = base64url_entry(TOKEN)
@@ -463,3 +463,16 @@ def test_upstream_tls_failure_is_hinted(addon, caplog):
     hint = [w for w in warnings_of(caplog) if ": upstream error: " in w and "not trusted" in w]
     assert len(hint) == 1 and "ssl_verify_upstream_trusted_ca" in hint[0]
     assert "not trusted" in flow.metadata["k8s_ws"]["hint"]
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        pytest.param(ENTRY, id="an entry"),
+        pytest.param("\x7f" + ENTRY, id="the prefix after a DEL: no entry, a token all the same"),
+        pytest.param("\u200b" + ENTRY, id="the prefix after a zero-width space, which Go does not trim"),
+    ],
+)
+def test_hints_never_quote_what_follows_the_prefix(element):
+    shown = shown_protocols(["v4.channel.k8s.io", element])
+    assert shown == "v4.channel.k8s.io, <bearer entry>"

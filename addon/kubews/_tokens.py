@@ -31,7 +31,11 @@ def bearer_payload(entry: str) -> str:
 
 def fingerprint(secret: str) -> str:
     """A short, stable name for a secret that can be logged: sha256 and its first 8 hex digits."""
-    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    try:
+        raw = secret.encode("utf-8", "surrogateescape")  # a header's bytes, as received
+    except UnicodeEncodeError:  # a surrogate no byte decodes to: only from text made elsewhere
+        raw = secret.encode("utf-8", "surrogatepass")
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:8]
 
 
 #: Unicode's control characters (category Cc), a set the Unicode stability policy keeps closed.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from ._headers import PROTOCOL_HEADER, Headers, header_elements, header_values, printable
-from ._tokens import is_bearer_entry
+from ._tokens import BEARER_PREFIX, is_bearer_entry
 
 #: How much of an error body the hints look at.
 BODY_SNIPPET = 4096
@@ -68,10 +68,11 @@ class Hint:
 
 
 def shown_protocols(protocols: list[str] | tuple[str, ...]) -> str:
-    """A protocol list for a message, bearer entries masked."""
+    """A protocol list for a message, bearer entries masked, and so is any element that holds the
+    prefix without being an entry (after a DEL, say): what follows it is a token all the same."""
     if not protocols:
         return "none"
-    return ", ".join("<bearer entry>" if is_bearer_entry(p) else p for p in protocols)
+    return ", ".join("<bearer entry>" if BEARER_PREFIX in p else p for p in protocols)
 
 
 def offered_protocols(headers: Headers) -> tuple[str, ...]:

@@ -20,7 +20,9 @@ import logging
 from .. import redact_text
 
 #: Where the lines above are made (proxy/server.py logs every layer's `Log` command), named so
-#: that they are filtered even if nothing has created them yet.
+#: that they are filtered even if nothing has created them yet. Not the addon's own logger: its
+#: lines hold no credential, and its hints speak of Authorization in words this filter would take
+#: for a header.
 _KNOWN_LOGGERS = ("mitmproxy", "mitmproxy.proxy.server")
 
 
