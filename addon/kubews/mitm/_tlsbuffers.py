@@ -8,12 +8,15 @@ has two TLS connections when both of its sides speak TLS (a browser's wss to the
 proxy's https to Rancher): the mode takes about 40 KiB off each open session there
 (bench/README.md, "Memory"), and costs nothing measurable in throughput or handshakes.
 
-mitmproxy's TlsConfig, which runs after the scripts in the addon chain, makes an SSL context per
-certificate and settings once and caches it (mitmproxy/net/tls.py, lru_cache), and makes each
-connection from one. So the companion below is added last, at `running` (as RevealBeforeSend is),
-and sets the mode on the context of each new connection: every connection made from that context
-afterwards has it (pyOpenSSL offers no way to set it on the connection itself). It applies to
-every TLS connection of the process, handled or not: the mode changes no byte on the wire.
+mitmproxy's TlsConfig, which runs after the scripts in the addon chain, makes the pyOpenSSL
+connection in its `tls_start_*` hooks, from a context it caches and shares (mitmproxy/net/tls.py).
+So the companion below is added last, at `running` (as RevealBeforeSend is), and sets the mode on
+each new connection, never on the shared context: pyOpenSSL 25 and later refuse to change a
+context that has made a connection ("Context has already been used"). pyOpenSSL has no public
+call for a connection's mode, so this uses its binding of OpenSSL, `SSL._lib.SSL_set_mode`, and
+the connection's `_ssl` (both in pyOpenSSL 24 to 26); where either is missing, the buffers are
+kept as without k8s-ws and nothing else changes. It applies to every TLS connection of the
+process, handled or not: the mode changes no byte on the wire.
 """
 
 from __future__ import annotations
@@ -33,5 +36,10 @@ class ReleaseTlsBuffers:
 
 
 def _release(data: tls.TlsData) -> None:
-    if data.ssl_conn is not None:  # another addon may have declined TLS, or taken it over
-        data.ssl_conn.get_context().set_mode(SSL.MODE_RELEASE_BUFFERS)
+    if data.ssl_conn is None:  # another addon may have declined TLS, or taken it over
+        return
+    try:
+        openssl, connection = SSL._lib, data.ssl_conn._ssl
+    except AttributeError:  # a pyOpenSSL without them: OpenSSL keeps its buffers, as without k8s-ws
+        return
+    openssl.SSL_set_mode(connection, openssl.SSL_MODE_RELEASE_BUFFERS)
