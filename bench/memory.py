@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from helpers import BROWSER_UA, PAGE_ORIGIN, base64url_entry  # noqa: E402
-from run import Process, free_port, rss, start_echo_server  # noqa: E402
+from run import Process, free_port, mitmdump_command, rss, start_echo_server  # noqa: E402
 
 EXEC = "/k8s/clusters/c-m-bench/api/v1/namespaces/default/pods/mem-{n}/exec?command=sh&stdin=1&stdout=1&tty=1"
 WARM_UP, OPEN_CONCURRENCY, CHURN_CONCURRENCY = 100, 50, 10
@@ -156,12 +156,7 @@ WITH_SCRIPTS = "addon + --script"
 
 def start_proxy(workdir: Path, upstream: Upstream, setup: str, probe_dir: Path | None = None) -> tuple[Process, int]:
     port = free_port()
-    command = [
-        sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-        "--mode", f"reverse:{upstream.url}",
-        "--listen-host", "127.0.0.1", "--listen-port", str(port),
-        "--set", f"confdir={workdir / 'confdir'}",
-    ]  # fmt: skip
+    command = mitmdump_command(workdir, upstream.url, port)
     if upstream.tls:
         command += ["--set", f"ssl_verify_upstream_trusted_ca={upstream.pki.ca_cert}"]
     if setup.startswith("addon"):

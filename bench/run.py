@@ -246,15 +246,20 @@ def start_echo_server(workdir: Path) -> tuple[Process, int]:
     return server, port
 
 
-def start_mitmdump(workdir: Path, echo_port: int, setup: str) -> tuple[Process, int]:
-    """mitmdump with its default options, but its own confdir (and CA) in the run's directory."""
-    port = free_port()
-    command = [
+def mitmdump_command(workdir: Path, upstream_url: str, port: int) -> list[str]:
+    """mitmdump in reverse mode with its default options, but its own confdir (and CA) in the
+    run's directory; the setups add to it."""
+    return [
         sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-        "--mode", f"reverse:http://127.0.0.1:{echo_port}",
+        "--mode", f"reverse:{upstream_url}",
         "--listen-host", "127.0.0.1", "--listen-port", str(port),
         "--set", f"confdir={workdir / 'confdir'}",
     ]  # fmt: skip
+
+
+def start_mitmdump(workdir: Path, echo_port: int, setup: str) -> tuple[Process, int]:
+    port = free_port()
+    command = mitmdump_command(workdir, f"http://127.0.0.1:{echo_port}", port)
     if setup.startswith("addon"):
         command += ["-s", str(ROOT / "addon" / "k8s_ws.py")]
     if setup == "addon, inspect on":

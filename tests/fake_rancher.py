@@ -520,12 +520,12 @@ def _rancher(request: _Request):
 
 
 class FakeServer:
-    """Rancher in front of a kube-apiserver (rancher=True) or a bare kube-apiserver, on 127.0.0.1.
+    """Rancher in front of a kube-apiserver (rancher=True) or a bare kube-apiserver, on 127.0.0.1
+    (or `address`). TLS (HTTP/1.1 only) when pki is given, plain HTTP otherwise. It serves from a
+    thread of its own."""
 
-    TLS (HTTP/1.1 only) when pki is given, plain HTTP otherwise. It serves from a thread of its own."""
-
-    def __init__(self, *, rancher: bool = True, pki: TestPKI | None = None, port: int = 0):
-        self.rancher, self.pki, self.port = rancher, pki, port
+    def __init__(self, *, rancher: bool = True, pki: TestPKI | None = None, port: int = 0, address: str = "127.0.0.1"):
+        self.rancher, self.pki, self.port, self.address = rancher, pki, port, address
         self._records: list[Record] = []
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -582,7 +582,7 @@ class FakeServer:
     async def _main(self, ready: threading.Event) -> None:
         self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
         try:
-            server = await asyncio.start_server(self._connection, "127.0.0.1", self.port, ssl=self._tls())
+            server = await asyncio.start_server(self._connection, self.address, self.port, ssl=self._tls())
             self.port = server.sockets[0].getsockname()[1]
         except Exception as error:  # raised again by start()
             self._error = error

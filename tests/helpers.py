@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -172,3 +173,23 @@ def flow_strings(flows) -> list[str]:
 def shown(text: str, secrets) -> list[str]:
     """The secrets that appear in a text (output, or a flow's strings joined)."""
     return sorted(s for s in secrets if s in text)
+
+
+def interactive_exec(api, namespace: str) -> str:
+    """The Python client's stream() exec of pod p with stdin: the server's output, then our
+    input echoed back. `api`: a kubernetes.client.CoreV1Api."""
+    from kubernetes.stream import stream  # imported here: only the client tests need it
+
+    response = stream(
+        api.connect_get_namespaced_pod_exec, "p", namespace, command=["cat"],
+        stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False,
+    )  # fmt: skip
+    try:
+        response.write_stdin("ping\n")
+        output, deadline = "", time.monotonic() + 10
+        while "ping\n" not in output and response.is_open() and time.monotonic() < deadline:
+            response.update(timeout=1)
+            output += response.read_stdout()
+        return output
+    finally:
+        response.close()

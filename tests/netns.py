@@ -8,7 +8,6 @@ everything a lab made, and the fixtures call it even when a test fails.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import datetime
@@ -156,33 +155,15 @@ def make_pki(directory, *, ips: tuple[str, ...], names: tuple[str, ...] = ()) ->
 
 
 class FakeServerAt(FakeServer):
-    """The test server on a given address (FakeServer listens on 127.0.0.1 only). Start it from
+    """The test server on a given address, named in Host without a default port. Start it from
     inside a namespace (`with entered(ns):`) and its thread, so its socket, lives there."""
 
     def __init__(self, address: str, **kwargs):
-        super().__init__(**kwargs)
-        self.address = address
+        super().__init__(address=address, **kwargs)
 
     @property
     def host(self) -> str:  # as a client's Host header names it
         return self.address if self.port == (443 if self.pki else 80) else f"{self.address}:{self.port}"
-
-    async def _main(self, ready) -> None:  # FakeServer._main, on self.address
-        self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
-        try:
-            server = await asyncio.start_server(self._connection, self.address, self.port, ssl=self._tls())
-            self.port = server.sockets[0].getsockname()[1]
-        except Exception as error:  # raised again by start()
-            self._error = error
-            return
-        finally:
-            ready.set()
-        await self._stopping.wait()
-        server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await server.wait_closed()
 
 
 class NetnsMitmdump(Mitmdump):

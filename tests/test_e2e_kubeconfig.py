@@ -33,7 +33,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +40,11 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
-from kubernetes.stream import stream
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from fake_rancher import HEALTHY, LOCAL
-from helpers import BEARER_PREFIX, HEADLAMP_EXEC_PROTOCOLS, KUBECONFIG_TOKEN, TOKEN, VECTORS, secret_forms
+from helpers import BEARER_PREFIX, HEADLAMP_EXEC_PROTOCOLS, KUBECONFIG_TOKEN, TOKEN, VECTORS, interactive_exec, secret_forms
 from mitmdump_harness import ROOT, Mitmdump
 
 pytestmark = pytest.mark.e2e  # mitmdump processes, the test server, kubectl, Chromium
@@ -278,17 +276,7 @@ def python_client(kubeconfig: Path, context: str) -> client.CoreV1Api:
 def test_python_client_stream_exec_and_log(routed, rancher, no_proxy_environment):
     api = python_client(routed.kubeconfig, "rancher")
     namespace = f"kc-py-{routed.mode}"
-    response = stream(api.connect_get_namespaced_pod_exec, "p", namespace, command=["cat"],
-                      stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
-    try:
-        response.write_stdin("ping\n")
-        output, deadline = "", time.monotonic() + 10
-        while "ping\n" not in output and response.is_open() and time.monotonic() < deadline:
-            response.update(timeout=1)
-            output += response.read_stdout()
-    finally:
-        response.close()
-    assert output == "hello from exec\nping\n"
+    assert interactive_exec(api, namespace) == "hello from exec\nping\n"
     assert api.read_namespaced_pod_log("p", namespace, follow=True) == "line 1\nline 2\nline 3\n"
     upgrade = only_record(rancher, namespace, "/pods/p/exec")
     assert upgrade.status == 101 and upgrade.header_lines("Authorization") == [f"Bearer {TOKEN}"]

@@ -29,14 +29,12 @@ import subprocess
 import time
 
 import pytest
-import websockets
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 import netns
 from fake_rancher import HEALTHY
-from helpers import BEARER_PREFIX, BROWSER_UA, PAGE_ORIGIN, TOKEN, VECTORS, secret_forms
+from helpers import BEARER_PREFIX, PAGE_ORIGIN, TOKEN, VECTORS, secret_forms
 from netns import FakeServerAt, Lab, NetnsMitmdump, entered, make_pki, missing_tool, run
+from ws_client import Outcome, open_async
 
 pytestmark = pytest.mark.e2e  # namespaces, firewall rules, mitmdump, the test server
 
@@ -120,35 +118,16 @@ def mitmdump(tmp_path, lab, pki, *, mode="transparent", listen_host="0.0.0.0", l
 
 # --- the client -------------------------------------------------------------------------------
 
-class Outcome:
-    def __init__(self, status, protocol=None, messages=(), body=b""):
-        self.status, self.protocol, self.messages, self.body = status, protocol, list(messages), body
-
-    def __repr__(self):
-        return f"Outcome({self.status}, {self.protocol!r}, {self.messages[:3]!r}, {self.body[:200]!r})"
-
-
 async def _open(url, protocols, *, cafiles, connect_to=None, server_hostname=None, messages=2):
     context = ssl.create_default_context()
     for cafile in cafiles:
         context.load_verify_locations(cafile)
-    kwargs = dict(subprotocols=protocols, user_agent_header=BROWSER_UA, origin=PAGE_ORIGIN, ssl=context,
-                  open_timeout=10, max_size=None, proxy=None)
+    connection = {}
     if connect_to:  # a Host (the URL's) that is not where the connection goes
-        kwargs["sock"] = socket.create_connection(connect_to, timeout=10)
+        connection["sock"] = socket.create_connection(connect_to, timeout=10)
     if server_hostname:  # the SNI, and the name the certificate must have (an address: no SNI)
-        kwargs["server_hostname"] = server_hostname
-    try:
-        async with connect(url, **kwargs) as ws:
-            received = []
-            try:
-                for _ in range(messages):
-                    received.append(await asyncio.wait_for(ws.recv(), 10))
-            except websockets.ConnectionClosed:
-                pass
-            return Outcome(101, ws.subprotocol, received)
-    except InvalidStatus as e:
-        return Outcome(e.response.status_code, body=e.response.body)
+        connection["server_hostname"] = server_hostname
+    return await open_async(url, protocols, ssl_context=context, messages=messages, **connection)
 
 
 def handshake(namespace: str, url: str, protocols=EXEC_PROTOCOLS, **kwargs) -> Outcome:

@@ -19,14 +19,11 @@ request is compared, header for header, with the same call made straight to the 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from kubernetes import client
-from kubernetes.stream import stream
 
 from fake_rancher import HEALTHY
-from helpers import TOKEN, VECTORS
+from helpers import TOKEN, VECTORS, interactive_exec
 
 pytestmark = pytest.mark.e2e  # mitmdump processes and the test server
 
@@ -72,21 +69,6 @@ def comparable(record, *skip: str):
     """The headers as received, the volatile ones (and those in skip) replaced by their name only."""
     drop = VOLATILE | {s.lower() for s in skip}
     return [(name, None if name.lower() in drop else value) for name, value in record.headers]
-
-
-def interactive_exec(api: client.CoreV1Api, namespace: str) -> str:
-    """stream() exec with stdin: the server's output, then our input echoed back."""
-    response = stream(api.connect_get_namespaced_pod_exec, "p", namespace, command=["cat"],
-                      stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
-    try:
-        response.write_stdin("ping\n")
-        output, deadline = "", time.monotonic() + 10
-        while "ping\n" not in output and response.is_open() and time.monotonic() < deadline:
-            response.update(timeout=1)
-            output += response.read_stdout()
-        return output
-    finally:
-        response.close()
 
 
 @pytest.mark.parametrize("mode", ["reverse", "regular"], ids=["reverse", "regular"])

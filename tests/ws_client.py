@@ -20,9 +20,11 @@ class Outcome:
         return f"Outcome({self.status}, {self.protocol!r}, {self.messages[:3]!r}, {self.body[:200]!r})"
 
 
-async def open_async(url, protocols, *, user_agent=BROWSER_UA, origin=PAGE_ORIGIN, headers=(), ssl_context=None, proxy=None, messages=2):
+async def open_async(
+    url, protocols, *, user_agent=BROWSER_UA, origin=PAGE_ORIGIN, headers=(), ssl_context=None, proxy=None, messages=2, **connection
+):
     """A browser-like handshake (its User-Agent and a foreign Origin unless told), then up to
-    `messages` messages."""
+    `messages` messages. `connection`: more of websockets' connect() arguments (sock, server_hostname)."""
     kwargs = dict(
         subprotocols=protocols or None,
         additional_headers=list(headers),
@@ -31,6 +33,7 @@ async def open_async(url, protocols, *, user_agent=BROWSER_UA, origin=PAGE_ORIGI
         open_timeout=10,
         max_size=None,
         proxy=proxy,
+        **connection,
     )
     if ssl_context is not None:
         kwargs["ssl"] = ssl_context

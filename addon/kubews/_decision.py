@@ -225,6 +225,8 @@ def withheld_token(ruleset: RuleSet, request: Handshake) -> Rule | None:
     """The rule whose stored token would have gone upstream, were the destination name it
     matched not only the client's word (the Host header in transparent mode): the token was
     withheld, and the log and the hint for a 401 must say so. None when nothing was withheld."""
+    if not ruleset.has_stored_tokens:
+        return None  # the shipped rules: no second reading of the headers
     index = header_index(request.headers)
     if index.get("authorization") or any(is_bearer_entry(p) for p in split_elements(index.get(PROTOCOL_HEADER.lower(), []))):
         return None  # the client's own credentials: a stored token would not have been used

@@ -145,9 +145,12 @@ class RuleSet:
     tokens: Mapping[str, StoredToken] = field(default_factory=dict)  # by rule name, for rules with `token:`
     path: str = "<rules>"
     _index: _HostIndex = field(init=False, repr=False, compare=False)
+    # Whether any rule has `token:` (only then can a token be withheld), known once, not per request.
+    has_stored_tokens: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", _HostIndex.of(self.rules))
+        object.__setattr__(self, "has_stored_tokens", any(rule.token is not None for rule in self.rules))
 
     def stored_token(self, rule: Rule) -> StoredToken | None:
         return self.tokens.get(rule.name)
