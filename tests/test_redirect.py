@@ -5,7 +5,11 @@ some through the redirects."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -149,8 +153,14 @@ def test_the_default_firewall_is_nft_when_installed(lab, ns):
 
 
 def test_not_root(lab, ns):
-    result = run("ip", "netns", "exec", ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                 REDIRECT, "status", "gateway", check=False)
+    # A copy another user can reach: the clone, and pytest's temporary directories, may sit where
+    # only root can enter (mktemp -d is 0700).
+    with tempfile.TemporaryDirectory(prefix="k8s-ws-redirect-") as readable:
+        script = Path(readable) / "redirect"
+        shutil.copy(REDIRECT, script)
+        os.chmod(readable, 0o755)
+        result = run("ip", "netns", "exec", ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                     str(script), "status", "gateway", check=False)
     assert (result.returncode, result.stderr) == (1, "redirect: must run as root: it reads and changes the firewall\n")
 
 
